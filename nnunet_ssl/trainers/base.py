@@ -1,0 +1,424 @@
+"""``nnUNetTrainerSSL``: the semi-supervised base every method trainer stands on.
+
+nnU-Net keeps doing what it does (planning, the labelled loader and augmentation, the deep-supervision loss, poly
+LR, AMP, compile, logging, checkpoint files, validation, export). This class adds:
+
+* a second loader for unlabelled cases (``imagesUnlabeled`` after ``nnUNetv2_ssl_preprocess_unlabeled`` plus the
+  ``unlabeled`` cases of a label-budget split), using nnU-Net's dataset, loader and training transforms (weak view);
+* a strong view built on the device (``StrongAugmentation``), returning the masks to mix pseudo-labels alike;
+* EMA teachers, extra trainable modules and extra optimizers, all saved in and restored from checkpoints so that
+  ``--c`` continues exactly;
+* a template ``train_step``: methods implement ``compute_losses`` and return named loss terms and diagnostics,
+  which are averaged per epoch into nnU-Net's logger and ``progress_ssl.png``.
+
+Hyperparameters are class attributes (nnU-Net instantiates trainers with a fixed signature); ablations and
+tiny test variants are subclasses that override them.
+"""
+import contextlib
+import copy
+import os
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast, nn
+
+from nnunet_ssl.augment.strong import StrongAugmentation
+from nnunet_ssl.data.unlabeled_dataset import UnlabeledDataset, read_manifest, unlabeled_preprocessed_folder
+from nnunet_ssl.diagnostics import mean_foreground_dice, nanmean_or_nan, plot_ssl_progress
+from nnunet_ssl.modules.ema import EMATeacher, unwrap_network
+from nnunet_ssl.ramps import sigmoid_rampup
+
+
+def first_output(output):
+    """Full-resolution output of a network that may return a deep-supervision list."""
+    return output[0] if isinstance(output, (list, tuple)) else output
+
+
+@contextlib.contextmanager
+def _intercept_torch_io(on_save=None, on_load=None, replace_load=None):
+    """Let nnU-Net's own save/load_checkpoint run unchanged while we add or read our extra checkpoint keys.
+
+    ``on_save(dict)`` edits the checkpoint dict just before nnU-Net writes it; ``on_load(dict)`` sees the dict
+    nnU-Net just read (so the file is read once); ``replace_load`` is returned instead of reading a file."""
+    real_save, real_load = torch.save, torch.load
+
+    def save(obj, *args, **kwargs):
+        if on_save is not None and isinstance(obj, dict) and "network_weights" in obj:
+            on_save(obj)
+        return real_save(obj, *args, **kwargs)
+
+    def load(*args, **kwargs):
+        obj = replace_load if replace_load is not None else real_load(*args, **kwargs)
+        if on_load is not None and isinstance(obj, dict) and "network_weights" in obj:
+            on_load(obj)
+        return obj
+
+    torch.save, torch.load = save, load
+    try:
+        yield
+    finally:
+        torch.save, torch.load = real_save, real_load
+
+
+class nnUNetTrainerSSL(nnUNetTrainer):
+    # --- unlabelled stream ------------------------------------------------------------------------------------
+    unlabeled_batch_size: Optional[int] = None  # None: labelled batch size x unlabeled_ratio
+    unlabeled_ratio: float = 1.0                 # unlabelled : labelled samples per iteration
+    use_split_unlabeled_cases: bool = True       # the `unlabeled` cases of splits_final.json
+    use_imagesUnlabeled: bool = True             # cases preprocessed by nnUNetv2_ssl_preprocess_unlabeled
+    # --- teachers ---------------------------------------------------------------------------------------------
+    ema_decay: float = 0.99                      # EMA decay, warmed up as min(1 - 1/(t+1), decay)
+    num_teachers_needed: int = 1                 # methods without a teacher (dual students) set 0
+    export_weights: str = "teacher"              # what goes into network_weights (nnUNetv2_predict): teacher|student
+    compile_teacher: bool = True                 # torch.compile the teacher forward when nnU-Net compiles
+    # --- strong view --------------------------------------------------------------------------------------------
+    strong_augmentation: StrongAugmentation = StrongAugmentation()
+    # --- unsupervised loss weight -------------------------------------------------------------------------------
+    unsup_weight: float = 1.0                    # λ_u
+    unsup_rampup: float = 0.4                    # sigmoid ramp length as a fraction of all iterations; 0 = none
+    confidence_threshold: float = 0.95           # τ: a pseudo-label voxel is "reliable" above it
+    # --- schedule overrides (tiny test variants, short benchmarks) ---------------------------------------------
+    schedule_overrides: Dict[str, object] = {}   # e.g. {"num_epochs": 2, "num_iterations_per_epoch": 3}
+    # per-epoch means of these train_step keys go to the logger and progress_ssl.png
+    ssl_log_keys: Tuple[str, ...] = ("unsup_loss", "unsup_weight", "teacher_confidence", "reliable_fraction",
+                                     "pseudo_label_dice")
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        for k, v in self.schedule_overrides.items():
+            if not hasattr(self, k):
+                raise AttributeError(f"{type(self).__name__}.schedule_overrides sets unknown attribute '{k}'")
+            setattr(self, k, v)
+        if self.export_weights not in ("teacher", "student"):
+            raise ValueError(f"{type(self).__name__}.export_weights must be 'teacher' or 'student', "
+                             f"got {self.export_weights!r}")
+        if self.export_weights == "teacher" and self.num_teachers_needed == 0:
+            self.export_weights = "student"
+        if self.label_manager.has_regions:
+            raise NotImplementedError(
+                f"{type(self).__name__} needs mutually exclusive labels (softmax pseudo-labels); this dataset uses "
+                f"region-based training (tuples in dataset.json 'labels'), which is not supported yet.")
+        for k in self.ssl_log_keys:
+            self.logger.local_logger.my_fantastic_logging.setdefault(k, [])
+        self.dataloader_unlabeled = None
+        self.teachers: Dict[str, EMATeacher] = {}
+        self.extra_modules = nn.ModuleDict()
+        self.extra_optimizers: Dict[str, torch.optim.Optimizer] = {}
+        self.extra_lr_schedulers: Dict[str, object] = {}
+        self.ssl_step = 0  # optimizer steps so far; drives ramps and method schedules
+        self.hidden_truth_cases = set()
+        self._compiled_modules = {}
+
+    # ------------------------------------------------------------------------------------------------- set-up
+    def initialize(self):
+        super().initialize()
+        self.extra_modules = nn.ModuleDict(self.build_extra_modules()).to(self.device)
+        extra_params = [p for p in self.extra_modules.parameters() if p.requires_grad]
+        if extra_params:
+            # same SGD settings and poly schedule as the network (the scheduler sets every param group's lr)
+            self.optimizer.add_param_group({"params": extra_params})
+        self.teachers = self.build_teachers()
+        for name, (opt, sched) in self.configure_extra_optimizers().items():
+            self.extra_optimizers[name] = opt
+            if sched is not None:
+                self.extra_lr_schedulers[name] = sched
+
+    @property
+    def student(self) -> nn.Module:
+        """The plain student module (no DDP, no compile wrapper); parameters are shared with ``self.network``."""
+        return unwrap_network(self.network)
+
+    @property
+    def teacher(self) -> EMATeacher:
+        return self.teachers["teacher"]
+
+    def build_teachers(self) -> Dict[str, EMATeacher]:
+        """EMA copies of the student, made after DDP's initial broadcast so every rank starts identical."""
+        return {"teacher": EMATeacher(self.network, self.ema_decay)} if self.num_teachers_needed else {}
+
+    def build_extra_modules(self) -> Dict[str, nn.Module]:
+        """Train-only modules (projection heads, ...); trained by the main optimizer, saved in checkpoints."""
+        return {}
+
+    def configure_extra_optimizers(self) -> Dict[str, Tuple[torch.optim.Optimizer, object]]:
+        """{name: (optimizer, lr scheduler or None)} for parameters the main optimizer must not touch."""
+        return {}
+
+    def teacher_forward(self, x: torch.Tensor, name: str = "teacher"):
+        teacher = self.teachers[name]
+        if self.compile_teacher and self._do_i_compile():
+            if name not in self._compiled_modules:
+                self._compiled_modules[name] = torch.compile(teacher.module)
+            return self._compiled_modules[name](x)
+        return teacher(x)
+
+    # ------------------------------------------------------------------------------------------- unlabelled data
+    def get_unlabeled_sources(self) -> Dict[str, List[str]]:
+        """{preprocessed folder: case identifiers} of every unlabelled case this fold may use."""
+        sources: Dict[str, List[str]] = {}
+        tr_keys, val_keys = self.do_split()
+        if self.use_split_unlabeled_cases and self.fold != "all":
+            splits_file = join(self.preprocessed_dataset_folder_base, "splits_final.json")
+            splits = load_json(splits_file) if isfile(splits_file) else []
+            split_unlabeled = list(splits[self.fold].get("unlabeled", [])) if self.fold < len(splits) else []
+            overlap = set(split_unlabeled) & (set(tr_keys) | set(val_keys))
+            if overlap:
+                raise RuntimeError(f"{splits_file}, fold {self.fold}: cases {sorted(overlap)} are listed as "
+                                   f"'unlabeled' and also in 'train' or 'val'. Fix the split (nnUNetv2_ssl_split).")
+            if split_unlabeled:
+                sources[self.preprocessed_dataset_folder] = split_unlabeled
+                self.hidden_truth_cases.update(split_unlabeled)
+        unl_folder = unlabeled_preprocessed_folder(self.preprocessed_dataset_folder_base,
+                                                   self.configuration_manager.data_identifier)
+        if self.use_imagesUnlabeled and isdir(unl_folder):
+            manifest = read_manifest(unl_folder)
+            sources[unl_folder] = list(manifest["cases"])
+            self.hidden_truth_cases.update(manifest["cases_with_reference"])
+        if not any(sources.values()):
+            raise RuntimeError(
+                f"{type(self).__name__} found no unlabelled cases for {self.plans_manager.dataset_name}, "
+                f"configuration {self.configuration_name}, fold {self.fold}. Either put images into "
+                f"nnUNet_raw/{self.plans_manager.dataset_name}/imagesUnlabeled and run `nnUNetv2_ssl_preprocess_"
+                f"unlabeled -d {self.plans_manager.dataset_name} -c {self.configuration_name}`, or hide labels of "
+                f"training cases with `nnUNetv2_ssl_split -d {self.plans_manager.dataset_name} --labeled N`.")
+        return sources
+
+    def get_dataloaders(self):
+        dl_train, dl_val = super().get_dataloaders()
+        self.dataloader_unlabeled = self.get_unlabeled_dataloader()
+        return dl_train, dl_val
+
+    def get_unlabeled_dataloader(self):
+        """nnU-Net's loader and training transforms on unlabelled cases: the weak view."""
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        transforms = self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation, self._get_deep_supervision_scales(), mirror_axes,
+            dummy_2d, use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
+            foreground_labels=self.label_manager.foreground_labels, regions=None,
+            ignore_label=self.label_manager.ignore_label)
+        dataset = UnlabeledDataset(self.get_unlabeled_sources())
+        batch_size = self.unlabeled_batch_size or max(1, int(round(self.batch_size * self.unlabeled_ratio)))
+        loader = nnUNetDataLoader(dataset, batch_size, initial_patch_size, self.configuration_manager.patch_size,
+                                  self.label_manager, oversample_foreground_percent=0.0, transforms=transforms)
+        loader.has_ignore = False  # no label positions to centre patches on
+        self.print_to_log_file(f"Unlabelled stream: {len(dataset.identifiers)} cases, batch size {batch_size} "
+                               f"({len(self.hidden_truth_cases & set(dataset.identifiers))} with hidden reference "
+                               f"masks for diagnostics)")
+        n_proc = get_allowed_n_proc_DA()
+        if n_proc == 0:
+            augmenter = SingleThreadedAugmenter(loader, None)
+        else:
+            # seeds differ per DDP rank so ranks draw different unlabelled cases
+            base = int(np.random.randint(0, 2 ** 31 - 1 - 1000 * (n_proc + 1) * 64))
+            seeds = [base + 1000 * self.local_rank + i for i in range(n_proc)]
+            augmenter = NonDetMultiThreadedAugmenter(loader, None, n_proc, num_cached=max(6, n_proc // 2),
+                                                     seeds=seeds, pin_memory=self.device.type == "cuda",
+                                                     wait_time=0.002)
+        next(augmenter)
+        return augmenter
+
+    def _shutdown_unlabeled_loader(self):
+        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
+        self.dataloader_unlabeled = None
+
+    def run_training(self):
+        try:
+            super().run_training()
+        finally:  # also on errors and KeyboardInterrupt: no orphaned worker processes
+            self._shutdown_unlabeled_loader()
+            for dl in (self.dataloader_train, self.dataloader_val):
+                if isinstance(dl, NonDetMultiThreadedAugmenter):
+                    dl._finish()
+
+    # --------------------------------------------------------------------------------------------- train step
+    def autocast(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def current_unsup_weight(self, base_weight: Optional[float] = None, rampup: Optional[float] = None) -> float:
+        """``base_weight · sigmoid_rampup(step, rampup · total iterations)``."""
+        base_weight = self.unsup_weight if base_weight is None else base_weight
+        rampup = self.unsup_rampup if rampup is None else rampup
+        total = self.num_epochs * self.num_iterations_per_epoch
+        return base_weight * sigmoid_rampup(self.ssl_step, rampup * total)
+
+    def _to_device(self, x):
+        if isinstance(x, list):
+            return [i.to(self.device, non_blocking=True) for i in x]
+        return x.to(self.device, non_blocking=True)
+
+    def hidden_truth(self, batch_u: dict) -> Optional[torch.Tensor]:
+        """Reference masks of unlabelled samples whose labels were hidden (diagnostics only), -1 elsewhere."""
+        has = [k in self.hidden_truth_cases for k in batch_u["keys"]]
+        if not any(has):
+            return None
+        seg = first_output(batch_u["target"])[:, 0].long()
+        seg[torch.tensor([not h for h in has])] = -1
+        return seg.to(self.device, non_blocking=True)
+
+    def compute_losses(self, data_l, target_l, data_u, truth_u) -> Tuple[Dict[str, torch.Tensor],
+                                                                         Dict[str, torch.Tensor]]:
+        """Method hook. Returns ({name: weighted loss term}, {name: diagnostic}); must include 'sup'.
+
+        ``truth_u`` (reference labels of hidden-label unlabelled samples, -1 elsewhere, or None) may only be used
+        for diagnostics."""
+        raise NotImplementedError
+
+    def optimizers_for_main_loss(self) -> List[torch.optim.Optimizer]:
+        return [self.optimizer]
+
+    def parameters_outside_ddp(self) -> List[nn.Parameter]:
+        """Parameters whose gradients DDP does not average (it only sees forwards through ``self.network``)."""
+        return list(self.extra_modules.parameters())
+
+    def _sync_gradients_outside_ddp(self):
+        if not self.is_ddp:
+            return
+        world = dist.get_world_size()
+        for p in self.parameters_outside_ddp():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= world
+
+    def backward_and_step(self, loss: torch.Tensor):
+        """One backward of the summed loss, then per optimizer: unscale, clip its parameters (norm 12), step."""
+        optimizers = self.optimizers_for_main_loss()
+        scaler = self.grad_scaler
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        self._sync_gradients_outside_ddp()
+        for opt in optimizers:
+            if scaler is not None:
+                scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 12)
+            scaler.step(opt) if scaler is not None else opt.step()
+        if scaler is not None:
+            scaler.update()
+
+    def after_optimizer_step(self, data_l, target_l, data_u):
+        """EMA update of every teacher; methods add their own post-step work (call super)."""
+        for name, teacher in self.teachers.items():
+            teacher.update(self.network)
+
+    def train_step(self, batch: dict) -> dict:
+        batch_u = next(self.dataloader_unlabeled)
+        data_l = self._to_device(batch["data"])
+        target_l = self._to_device(batch["target"])
+        data_u = self._to_device(batch_u["data"])
+        truth_u = self.hidden_truth(batch_u)
+        for opt in self.optimizers_for_main_loss():
+            opt.zero_grad(set_to_none=True)
+        with self.autocast():
+            losses, diagnostics = self.compute_losses(data_l, target_l, data_u, truth_u)
+            total = sum(losses.values())
+        self.backward_and_step(total)
+        self.after_optimizer_step(data_l, target_l, data_u)
+        self.ssl_step += 1
+        # one device->host copy per step for every logged number
+        names = ["loss", "total_loss"] + [f"{k}_loss" if k != "sup" else "sup_loss" for k in losses] + \
+            list(diagnostics)
+        values = [losses["sup"], total] + list(losses.values()) + list(diagnostics.values())
+        values = torch.stack([torch.as_tensor(v, device=self.device).detach().float().reshape(()) for v in values])
+        return dict(zip(names, values.cpu().numpy()))
+
+    # ------------------------------------------------------------------------------------------------ logging
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        for sched in self.extra_lr_schedulers.values():
+            sched.step(self.current_epoch)
+        for teacher in self.teachers.values():
+            teacher.train(self.network.training)
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        summary = []
+        for k in self.ssl_log_keys:
+            vals = [float(o[k]) for o in train_outputs if k in o]
+            value = nanmean_or_nan(vals)
+            if self.is_ddp:
+                gathered = [None] * dist.get_world_size()
+                dist.all_gather_object(gathered, vals)
+                value = nanmean_or_nan(v for g in gathered for v in g)
+            self.logger.log(k, value, self.current_epoch)
+            summary.append(f"{k} {np.round(value, 4)}")
+        self.print_to_log_file("ssl: " + ", ".join(summary))
+
+    def on_epoch_end(self):
+        epoch_logged = self.current_epoch
+        super().on_epoch_end()
+        if self.local_rank == 0 and epoch_logged >= 0:
+            plot_ssl_progress(self.logger.local_logger.my_fantastic_logging, self.ssl_log_keys,
+                              join(self.output_folder, "progress_ssl.png"))
+
+    # --------------------------------------------------------------------------------------------- checkpoints
+    def _exported_state_dict(self) -> dict:
+        if self.export_weights == "teacher" and self.teachers:
+            return self.teacher.module.state_dict()
+        return self.student.state_dict()
+
+    def _add_ssl_checkpoint_keys(self, checkpoint: dict):
+        checkpoint["student_weights"] = self.student.state_dict()
+        checkpoint["network_weights"] = self._exported_state_dict()
+        checkpoint["teacher_weights"] = {k: t.state_dict() for k, t in self.teachers.items()}
+        checkpoint["extra_modules"] = self.extra_modules.state_dict()
+        checkpoint["extra_optimizers"] = {k: o.state_dict() for k, o in self.extra_optimizers.items()}
+        checkpoint["ssl_step"] = self.ssl_step
+        checkpoint["ssl_export_weights"] = self.export_weights
+        checkpoint.update(self.method_checkpoint_state())
+
+    def method_checkpoint_state(self) -> dict:
+        """Extra checkpoint keys of a method (queues, running statistics)."""
+        return {}
+
+    def load_method_checkpoint_state(self, checkpoint: dict) -> None:
+        pass
+
+    def save_checkpoint(self, filename: str) -> None:
+        with _intercept_torch_io(on_save=self._add_ssl_checkpoint_keys):
+            super().save_checkpoint(filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        loaded = {}
+        if isinstance(filename_or_checkpoint, dict):
+            # nnunetv2 2.8.1's load_checkpoint cannot take a dict (NameError): hand it over through torch.load
+            with _intercept_torch_io(on_load=loaded.update, replace_load=filename_or_checkpoint):
+                super().load_checkpoint("<in-memory checkpoint>")
+        else:
+            with _intercept_torch_io(on_load=loaded.update):
+                super().load_checkpoint(filename_or_checkpoint)
+        if "student_weights" not in loaded:
+            self.print_to_log_file("Checkpoint has no semi-supervised state (stock nnU-Net checkpoint?): teachers "
+                                   "start as copies of the loaded network.")
+            self.teachers = self.build_teachers()
+            return
+        self.student.load_state_dict(loaded["student_weights"])
+        for k, state in loaded["teacher_weights"].items():
+            self.teachers[k].load_state_dict(state)
+        self.extra_modules.load_state_dict(loaded["extra_modules"])
+        for k, state in loaded["extra_optimizers"].items():
+            self.extra_optimizers[k].load_state_dict(state)
+        self.ssl_step = int(loaded["ssl_step"])
+        self.load_method_checkpoint_state(loaded)
+
+    # ---------------------------------------------------------------------------------------------- validation
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """Validate what is exported: with ``export_weights='teacher'`` the teacher's weights are loaded into the
+        network for the duration (the student is restored afterwards)."""
+        if self.export_weights != "teacher" or not self.teachers:
+            return super().perform_actual_validation(save_probabilities)
+        student_state = copy.deepcopy(self.student.state_dict())
+        self.student.load_state_dict(self.teacher.module.state_dict())
+        try:
+            return super().perform_actual_validation(save_probabilities)
+        finally:
+            self.student.load_state_dict(student_state)

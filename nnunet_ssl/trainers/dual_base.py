@@ -1,0 +1,99 @@
+"""``nnUNetTrainerDualSSL``: base of dual-student methods (CDR, UGPL).
+
+Two networks built from the dataset's plans (by default one with the planned architecture and one with the
+other U-Net family of dynamic_network_architectures, for different inductive biases), each with its own SGD and
+poly schedule, trained in one ``train_step``; the exported network is ``DualNetwork``, which averages their
+probabilities, so stock ``nnUNetv2_predict`` ensembles them.
+"""
+from typing import Dict, List
+
+import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+from nnunet_ssl.modules.dual import DualNetwork
+from nnunet_ssl.trainers.base import nnUNetTrainerSSL
+
+PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
+RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
+
+
+def other_unet_family(arch_class_name: str, arch_kwargs: dict):
+    """(class name, kwargs) of the other U-Net family with the same stages, features, kernels and strides."""
+    kwargs = dict(arch_kwargs)
+    if arch_class_name == PLAIN:
+        kwargs["n_blocks_per_stage"] = kwargs.pop("n_conv_per_stage")
+        return RESENC, kwargs
+    if arch_class_name == RESENC:
+        kwargs["n_conv_per_stage"] = kwargs.pop("n_blocks_per_stage")
+        for k in ("block", "bottleneck_channels", "stem_channels"):
+            kwargs.pop(k, None)
+        return PLAIN, kwargs
+    raise ValueError(f"second_network='other_family' supports PlainConvUNet and ResidualEncoderUNet plans, not "
+                     f"{arch_class_name}; set second_network='same' in the trainer.")
+
+
+class nnUNetTrainerDualSSL(nnUNetTrainerSSL):
+    num_teachers_needed = 0          # two students, no EMA teacher
+    export_weights = "student"       # the DualNetwork ensemble
+    second_network = "other_family"  # 'other_family' (plain <-> residual encoder) or 'same' (other random init)
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        arch = configuration_manager.network_arch_class_name
+        kwargs = configuration_manager.network_arch_init_kwargs
+        req_import = configuration_manager.network_arch_init_kwargs_req_import
+        net_a = get_network_from_plans(arch, kwargs, req_import, num_input_channels, num_output_channels,
+                                       allow_init=True, deep_supervision=enable_deep_supervision)
+        if cls.second_network == "same":
+            arch_b, kwargs_b = arch, kwargs
+        elif cls.second_network == "other_family":
+            arch_b, kwargs_b = other_unet_family(arch, kwargs)
+        else:
+            raise ValueError(f"{cls.__name__}.second_network must be 'same' or 'other_family', "
+                             f"got {cls.second_network!r}")
+        net_b = get_network_from_plans(arch_b, kwargs_b, req_import, num_input_channels, num_output_channels,
+                                       allow_init=True, deep_supervision=enable_deep_supervision)
+        return DualNetwork(net_a, net_b)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        self.student.set_deep_supervision(enabled)
+
+    def configure_optimizers(self):
+        """SGD + poly LR for network A (nnU-Net's settings); network B gets its own in configure_extra_optimizers."""
+        return self._sgd_with_poly(self.student.net_a.parameters())
+
+    def _sgd_with_poly(self, params):
+        opt = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
+                              nesterov=True)
+        return opt, PolyLRScheduler(opt, self.initial_lr, self.num_epochs)
+
+    def configure_extra_optimizers(self):
+        return {"net_b": self._sgd_with_poly(self.student.net_b.parameters())}
+
+    def optimizers_for_main_loss(self) -> List[torch.optim.Optimizer]:
+        return [self.optimizer, self.extra_optimizers["net_b"]]
+
+    def forward_a(self, x):
+        return self._maybe_compiled("net_a")(x)
+
+    def forward_b(self, x):
+        return self._maybe_compiled("net_b")(x)
+
+    def _maybe_compiled(self, name):
+        # the sub-networks are called directly (the DDP/compile wrapper around DualNetwork only serves validation),
+        # so compile them on their own when nnU-Net would compile
+        net = getattr(self.student, name)
+        if not self._do_i_compile():
+            return net
+        if name not in self._compiled_modules:
+            self._compiled_modules[name] = torch.compile(net)
+        return self._compiled_modules[name]
+
+    def parameters_outside_ddp(self):
+        # the sub-networks bypass DDP's forward, so DDP never averages their gradients
+        return list(self.student.parameters()) + list(self.extra_modules.parameters())
