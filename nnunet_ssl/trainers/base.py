@@ -139,8 +139,9 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         return unwrap_network(self.network)
 
     @property
-    def teacher(self) -> EMATeacher:
-        return self.teachers["teacher"]
+    def teacher(self) -> Optional[EMATeacher]:
+        """The main EMA teacher, or None for methods without one (nnU-Net's debug dump reads every attribute)."""
+        return self.teachers.get("teacher")
 
     def build_teachers(self) -> Dict[str, EMATeacher]:
         """EMA copies of the student, made after DDP's initial broadcast so every rank starts identical."""

@@ -1,0 +1,84 @@
+"""Shared fixtures: one tiny synthetic nnU-Net dataset, planned and preprocessed once per test session.
+
+End-to-end tests call the real ``nnUNetv2_*`` commands in subprocesses with CPU-friendly settings
+(``-device cpu``, ``nnUNet_compile=f``, ``nnUNet_n_proc_DA=0`` for training and prediction only).
+"""
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+DATASET_ID = 990
+DATASET_NAME = "Dataset990_SyntheticSSL"
+
+
+def load_script(relative_path: str):
+    """Import a script of the repository (e.g. dataset_conversion/*.py) by path."""
+    path = REPO / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_cli(args, env, timeout=900, expect_ok=True):
+    """Run a console script from this environment; on failure show its output in the assertion message."""
+    cmd = [str(BIN / args[0])] + [str(a) for a in args[1:]]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if expect_ok:
+        assert proc.returncode == 0, (f"{' '.join(cmd)} failed ({proc.returncode})\n--- stdout\n"
+                                      f"{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def make_env(root: Path, training: bool) -> dict:
+    from nnunet_ssl.cli import ext_trainer_value
+    env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
+    env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
+               nnUNet_results=str(root / "results"), nnUNet_compile="f", nnUNet_def_n_proc="1",
+               nnUNet_extTrainer=ext_trainer_value(""), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+    if training:
+        # 0 workers is what CPU tests want, but nnUNetv2_plan_and_preprocess fails with it
+        env["nnUNet_n_proc_DA"] = "0"
+    return env
+
+
+@pytest.fixture(scope="session")
+def synthetic_nnunet(tmp_path_factory):
+    """Dataset990: 6 labelled 32^3 cases (split: 2 labelled, 2 hidden-label, 2 validation), 3 imagesUnlabeled
+    cases with hidden reference masks, 2 test cases; planned for 2d and 3d_fullres; unlabelled cases
+    preprocessed; label-budget split written. Returns {'root', 'env' (for training/prediction), 'plan_env'}."""
+    root = tmp_path_factory.mktemp("nnunet")
+    for d in ("raw", "preprocessed", "results"):
+        (root / d).mkdir()
+    gen = load_script("dataset_conversion/generate_synthetic_dataset.py")
+    gen.generate_synthetic_dataset(str(root / "raw"), dataset_id=DATASET_ID, name="SyntheticSSL", num_labeled=6,
+                                   num_unlabeled=3, num_test=2, shape=(32, 32, 32), seed=0)
+    plan_env = make_env(root, training=False)
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "3d_fullres", "-np", "1",
+             "--verify_dataset_integrity"], plan_env)
+    run_cli(["nnUNetv2_ssl_preprocess_unlabeled", "-d", DATASET_ID, "-c", "2d", "3d_fullres"], plan_env)
+    run_cli(["nnUNetv2_ssl_split", "-d", DATASET_ID, "--labeled", "2", "--val", "2", "--folds", "1"], plan_env)
+    return {"root": root, "env": make_env(root, training=True), "plan_env": plan_env}
+
+
+def train_predict(synthetic_nnunet, trainer: str, configuration: str = "3d_fullres", extra_train_args=(),
+                  env_overrides=None):
+    """Train a tiny trainer with stock nnUNetv2_train, then predict the test images with stock nnUNetv2_predict.
+
+    Returns (fold folder, prediction folder)."""
+    env, root = dict(synthetic_nnunet["env"]), synthetic_nnunet["root"]
+    env.update({k: str(v) for k, v in (env_overrides or {}).items()})
+    run_cli(["nnUNetv2_train", DATASET_ID, configuration, "0", "-tr", trainer, "-device", "cpu",
+             *extra_train_args], env)
+    fold = root / "results" / DATASET_NAME / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+    out = root / "predictions" / f"{trainer}_{configuration}"
+    run_cli(["nnUNetv2_predict", "-i", root / "raw" / DATASET_NAME / "imagesTs", "-o", out, "-d", DATASET_ID,
+             "-c", configuration, "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
+             "--disable_progress_bar"], env)
+    return fold, out
