@@ -1,0 +1,82 @@
+"""CDR end to end through the stock CLI: train (interrupted after epoch 0), `--c`, then predict with the ensemble."""
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from conftest import DATASET_ID, DATASET_NAME, run_cli, train_predict
+
+TRAINER = "nnUNetTrainerCDR_tiny"
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _assert_equal(a, b, where=""):
+    """Nested dicts/lists of tensors and numbers are equal."""
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_cdr_train_resume_predict(synthetic_nnunet):
+    env, root = synthetic_nnunet["env"], synthetic_nnunet["root"]
+    fold = root / "results" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
+    crash_env = dict(env, NNUNET_SSL_TEST_CRASH_AFTER_EPOCH="0")
+    proc = run_cli(["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], crash_env,
+                   expect_ok=False)
+    assert proc.returncode != 0 and "simulated crash" in proc.stderr, proc.stderr[-3000:]
+    latest = _load(fold / "checkpoint_latest.pth")
+    assert latest["current_epoch"] == 1 and latest["ssl_step"] == 3
+    assert sum(latest["cdr_leader_counts"].values()) == 3
+    # both networks, both heads, network B's optimizer (with head B) are in the checkpoint
+    assert any(k.startswith("net_a.") for k in latest["student_weights"])
+    assert any(k.startswith("net_b.") for k in latest["student_weights"])
+    assert {k.split(".")[0] for k in latest["extra_modules"]} == {"head_a", "head_b"}
+    assert len(latest["extra_optimizers"]["net_b"]["param_groups"]) == 2
+
+    record = fold / "resumed_state.pt"
+    resume_env = dict(env, NNUNET_SSL_TEST_RECORD_RESUME=str(record))
+    fold_again, pred = train_predict(dict(synthetic_nnunet, env=resume_env), TRAINER, "3d_fullres", ["--c"])
+    assert fold_again == fold
+    resumed = _load(record)  # the trainer's state right after load_checkpoint
+    assert resumed["ssl_step"] == 3 and resumed["current_epoch"] == 1
+    _assert_equal(resumed["student"], latest["student_weights"], "student")
+    _assert_equal(resumed["extra_modules"], latest["extra_modules"], "heads")
+    _assert_equal(resumed["extra_optimizers"], latest["extra_optimizers"], "optimizer B")
+    _assert_equal(resumed["optimizer"], latest["optimizer_state"], "optimizer A")
+    assert resumed["leader_counts"] == latest["cdr_leader_counts"]
+
+    final = _load(fold / "checkpoint_final.pth")
+    assert final["ssl_step"] == 6 and final["current_epoch"] == 2
+    counts = final["cdr_leader_counts"]
+    assert sum(counts.values()) == 6
+    # the two networks trained on: they differ from the interrupted state
+    w = next(k for k in final["student_weights"] if k.startswith("net_b.") and k.endswith("weight"))
+    assert not torch.equal(final["student_weights"][w], latest["student_weights"][w])
+    # what prediction loads is the dual ensemble (both networks' weights)
+    _assert_equal(final["network_weights"], final["student_weights"], "network_weights")
+    logging = final["logging"]
+    for key in ("agreement", "a_led", "sup_b_loss", "review_loss", "cons_loss", "rkd_loss", "inter_loss",
+                "intra_loss", "inter_nce", "intra_nce", "pseudo_label_dice"):
+        assert len(logging[key]) == 2, key
+    assert all(0 <= v <= 1 for v in logging["agreement"])
+    # per-epoch fraction of steps A led agrees with the step counts (3 steps per epoch)
+    assert round(sum(logging["a_led"]) * 3) == counts["a"]
+    assert (fold / "progress_ssl.png").is_file() and (fold / "validation" / "summary.json").is_file()
+
+    test_images = sorted((root / "raw" / DATASET_NAME / "imagesTs").glob("*_0000.nii.gz"))
+    assert len(test_images) == 2
+    for img in test_images:
+        seg, ref = sitk.ReadImage(str(pred / img.name.replace("_0000.nii.gz", ".nii.gz"))), sitk.ReadImage(str(img))
+        assert seg.GetSize() == ref.GetSize()
+        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}

@@ -1,0 +1,291 @@
+"""CDR-Net pieces with hand-computed values (spec cdr.md §11) and gradient routing through both networks."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from torch.nn import functional as F
+
+from nnunet_ssl.modules.dual import DualNetwork
+from nnunet_ssl.trainers import cdr
+from nnunet_ssl.trainers.cdr import (disagreement_review_loss, disagreement_weights, flatten_regions, leader_is_a,
+                                     nnUNetTrainerCDR, pool_regions, region_grid, regional_info_nce, sharpen,
+                                     squared_dice_loss, symmetric_region_nce, voxel_disagreement)
+from nnunet_ssl.trainers.dual_base import PLAIN
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tensors here are tiny: intra-op threading only adds overhead (seconds per conv on a busy 2-core machine)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------------------------------ MCF base terms
+def test_squared_dice_loss_values():
+    g = torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0]).view(1, 1, 5)  # class-1 map; voxel 0 is background
+    onehot = torch.cat((1 - g, g), 1)
+    assert squared_dice_loss(onehot, onehot).item() == pytest.approx(0.0, abs=1e-7)
+    # p = 0.5 on the 4 foreground voxels: 1 − (4 + ε)/(5 + ε)
+    p = torch.tensor([0.0, 0.5, 0.5, 0.5, 0.5]).view(1, 1, 5)
+    expected = 1 - (4 + 1e-5) / (1 + 4 + 1e-5)
+    assert squared_dice_loss(torch.cat((1 - p, p), 1), onehot).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_leader_selection_and_tie_rule():
+    assert leader_is_a(torch.tensor(0.3), torch.tensor(0.2)).item() == 0.0  # B has the lower Dice loss
+    assert leader_is_a(torch.tensor(0.2), torch.tensor(0.3)).item() == 1.0
+    assert leader_is_a(torch.tensor(0.25), torch.tensor(0.25)).item() == 1.0  # A wins ties
+
+
+def test_disagreement_review_loss():
+    fg_a, fg_b = torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 1, 0])
+    disagree = fg_a != fg_b  # binary XOR
+    assert disagree.tolist() == [False, True, True, False]
+    p_fg = torch.tensor([0.9, 0.8, 0.3, 0.1])
+    y = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    probs = torch.stack((1 - p_fg, p_fg))[None]  # (1, 2, 4)
+    onehot = torch.stack((1 - y, y))[None]
+    # ((0.8 − 1)² + (0.3 − 0)²) / 2
+    assert disagreement_review_loss(probs, onehot, disagree[None]).item() == pytest.approx(0.065, rel=1e-6)
+    zero = disagreement_review_loss(probs, onehot, torch.zeros(1, 4, dtype=torch.bool))
+    assert zero.item() == 0.0 and not torch.isnan(zero)
+
+
+def test_sharpen_t01():
+    p = torch.tensor([[0.6, 0.4]], requires_grad=True)
+    s = sharpen(p, 0.1)
+    expected = 0.6 ** 10 / (0.6 ** 10 + 0.4 ** 10)
+    assert s[0, 0].item() == pytest.approx(expected, rel=1e-5) and expected == pytest.approx(0.98295, abs=1e-5)
+    assert not s.requires_grad
+    # no underflow to NaN for tiny probabilities
+    assert torch.isfinite(sharpen(torch.tensor([[1e-30, 1e-31]]), 0.1)).all()
+
+
+# ------------------------------------------------------------------------------------------------- regions
+def test_region_grid_geometry():
+    assert region_grid((112, 112, 80), 16) == (7, 7, 5)  # 245 regions, the spec's LA patch
+    assert math.prod(region_grid((112, 112, 80), 16)) == 245
+    assert region_grid((20, 32), 16) == (2, 2)  # a partial border window is a region
+    assert region_grid((8, 32, 32), 16) == (1, 2, 2)  # window clipped to a short axis
+    with pytest.raises(ValueError, match="region_size"):
+        region_grid((32, 32, 32), (16, 16))
+
+
+def test_pool_regions_constant_and_partial_windows():
+    x = torch.full((2, 3, 20, 32, 16), 0.7)
+    pooled = pool_regions(x, 16)
+    assert pooled.shape == (2, 3, 2, 2, 1)
+    assert torch.allclose(pooled, torch.full_like(pooled, 0.7), atol=1e-4)  # partial windows too (fp32 sums)
+    # a partial window averages only the voxels it holds
+    y = torch.zeros(1, 1, 20)
+    y[..., 16:] = 1.0
+    assert pool_regions(y[..., None], (16, 1))[0, 0, :, 0].tolist() == [0.0, 1.0]
+
+
+def test_region_pairing_is_positional_and_same_in_both_networks():
+    # a map whose value says where the voxel is: region index r at (b, window) must be that window of image b
+    b, grid = 2, (2, 2, 2)
+    x = torch.zeros(b, 1, 8, 8, 8)
+    for i in range(b):
+        for r in range(8):
+            gz, gy, gx = r // 4, (r // 2) % 2, r % 2
+            x[i, 0, gz * 4:(gz + 1) * 4, gy * 4:(gy + 1) * 4, gx * 4:(gx + 1) * 4] = 10 * i + r
+    rows = flatten_regions(pool_regions(x, 4))
+    assert rows.shape == (b * 8, 1)
+    assert rows[:, 0].tolist() == [10.0 * i + r for i in range(b) for r in range(8)]
+    # two-channel features keep channels as columns
+    two = flatten_regions(pool_regions(torch.cat((x, -x), 1), 4))
+    assert torch.equal(two[:, 1], -two[:, 0])
+
+
+def test_disagreement_weights():
+    # region 0: identical predictions; region 1: |p_A − p_B| = 0.5 everywhere
+    p_a = torch.tensor([0.5, 0.5, 0.9, 0.9]).view(1, 1, 4)
+    p_b = torch.tensor([0.5, 0.5, 0.4, 0.4]).view(1, 1, 4)
+    probs_a, probs_b = torch.cat((1 - p_a, p_a), 1), torch.cat((1 - p_b, p_b), 1)
+    d = flatten_regions(pool_regions(voxel_disagreement(probs_a, probs_b)[..., None], (2, 1)))[:, 0]
+    assert disagreement_weights(d, 1.0).tolist() == pytest.approx([1.0, 1.5])
+    assert disagreement_weights(d, 2.0).tolist() == pytest.approx([1.0, 2.0])
+    xor = flatten_regions(pool_regions(voxel_disagreement(probs_a, probs_b, "argmax")[..., None], (2, 1)))[:, 0]
+    assert xor.tolist() == [0.0, 1.0]  # 0.5 vs 0.5 ties argmax to class 0 in both; 0.9 vs 0.4 differ
+    with pytest.raises(ValueError, match="disagreement_measure"):
+        voxel_disagreement(probs_a, probs_b, "entropy")
+
+
+# ------------------------------------------------------------------------------------------------ InfoNCE
+def test_inter_info_nce_hand_value_orthogonal_regions():
+    n = 245
+    z = torch.eye(n)  # identical in both nets, regions mutually orthogonal
+    nce_ab, nce_ba = symmetric_region_nce(z, z.clone(), 0.1)
+    expected = math.log(1 + (n - 1) * math.exp(-10))  # positive cos 1, negatives cos 0, τ = 0.1
+    assert expected == pytest.approx(0.011017, abs=1e-6)
+    assert nce_ab.item() == pytest.approx(expected, rel=1e-4) and nce_ba.item() == pytest.approx(expected, rel=1e-4)
+    # swapping two regions in one net breaks the positional pairing: the loss rises sharply
+    swapped = z.clone()[torch.tensor([1, 0] + list(range(2, n)))]
+    # anchors 0 and 1: positive cos 0, one negative cos 1, 243 negatives cos 0 -> log(244 + e^10) each
+    expected_swapped = (2 * math.log(244 + math.exp(10)) + (n - 2) * expected) / n
+    loss = regional_info_nce(z, swapped, 0.1).item()
+    assert loss == pytest.approx(expected_swapped, rel=1e-4) and loss > 5 * expected
+
+
+def test_info_nce_small_hand_example_with_weights():
+    # 2 regions in 2D: anchor 0 = (1,0), its positive (1,0), the other region (0,1); anchor 1 sees cos 0.6 / 0.8
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t = torch.tensor([[1.0, 0.0], [0.8, 0.6]])
+    l0 = -math.log(math.exp(10) / (math.exp(10) + math.exp(8)))  # pos cos 1, neg cos 0.8
+    l1 = -math.log(math.exp(6) / (math.exp(6) + math.exp(0)))    # pos cos 0.6, neg cos 0
+    assert regional_info_nce(a, t, 0.1).item() == pytest.approx((l0 + l1) / 2, rel=1e-5)
+    w = torch.tensor([1.0, 1.5])
+    assert regional_info_nce(a, t, 0.1, w).item() == pytest.approx((l0 + 1.5 * l1) / 2, rel=1e-5)
+
+
+def test_stop_gradient_routing():
+    torch.manual_seed(0)
+    za, zb = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4, requires_grad=True)
+    # 'targets': the A->B direction reaches only A, B->A only B
+    ab, ba = symmetric_region_nce(za, zb, 0.1, stop_gradient="targets")
+    ga = torch.autograd.grad(ab, (za, zb), allow_unused=True)
+    assert ga[0].abs().sum() > 0 and ga[1] is None
+    gb = torch.autograd.grad(ba, (za, zb), allow_unused=True)
+    assert gb[0] is None and gb[1].abs().sum() > 0
+    # 'leader' with A leading: A gets no gradient from either direction, B gets some
+    ab, ba = symmetric_region_nce(za, zb, 0.1, stop_gradient="leader", lead_a=torch.tensor(1.0))
+    g = torch.autograd.grad(ab + ba, (za, zb))
+    assert g[0].abs().sum() == 0 and g[1].abs().sum() > 0
+    ab, ba = symmetric_region_nce(za, zb, 0.1, stop_gradient="leader", lead_a=torch.tensor(0.0))
+    g = torch.autograd.grad(ab + ba, (za, zb))
+    assert g[0].abs().sum() > 0 and g[1].abs().sum() == 0
+    with pytest.raises(ValueError, match="inter_stop_gradient"):
+        symmetric_region_nce(za, zb, 0.1, stop_gradient="sometimes")
+
+
+# ------------------------------------------------------------------------------------- the trainer's losses
+NUM_CLASSES = 3
+
+
+def _tiny_arch():
+    return SimpleNamespace(
+        network_arch_class_name=PLAIN,
+        network_arch_init_kwargs=dict(
+            n_stages=3, features_per_stage=[4, 8, 8], conv_op="torch.nn.modules.conv.Conv3d",
+            kernel_sizes=[[3, 3, 3]] * 3, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], n_conv_per_stage=[1, 1, 1],
+            n_conv_per_stage_decoder=[1, 1], conv_bias=True,
+            norm_op="torch.nn.modules.instancenorm.InstanceNorm3d", norm_op_kwargs={"eps": 1e-5, "affine": True},
+            dropout_op=None, dropout_op_kwargs=None, nonlin="torch.nn.LeakyReLU",
+            nonlin_kwargs={"inplace": True}),
+        network_arch_init_kwargs_req_import=["conv_op", "norm_op", "dropout_op", "nonlin"])
+
+
+def bare_trainer(cls, **attrs):
+    """A CDR trainer without nnU-Net's plans/dataset plumbing: networks, heads, taps and the DS loss only."""
+    trainer_cls = type("Bare" + cls.__name__, (cls,), dict(attrs))
+    t = object.__new__(trainer_cls)
+    t.device = torch.device("cpu")
+    t.network = trainer_cls.build_network_architecture(None, _tiny_arch(), 1, NUM_CLASSES, True)
+    t.label_manager = SimpleNamespace(has_ignore_label=False, ignore_label=None)
+    t.loss = DeepSupervisionWrapper(DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
+                                                   dice_class=MemoryEfficientSoftDiceLoss), [1.0, 0.5])
+    t.ssl_step, t.num_epochs, t.num_iterations_per_epoch = 0, 1, 10
+    t._compiled_modules = {}
+    t._do_i_compile = lambda: False
+    t.extra_modules = torch.nn.ModuleDict(t.build_extra_modules())
+    t._setup_feature_taps()
+    t.leader_counts = {"a": 0, "b": 0}
+    return t
+
+
+def _batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    data_l, data_u = torch.randn(2, 1, 8, 8, 8, generator=g), torch.randn(2, 1, 8, 8, 8, generator=g)
+    seg = torch.randint(0, NUM_CLASSES, (2, 1, 8, 8, 8), generator=g).float()
+    target_l = [seg, seg[:, :, ::2, ::2, ::2]]
+    return data_l, target_l, data_u
+
+
+def _grad_norm(module):
+    return sum(p.grad.abs().sum().item() for p in module.parameters() if p.grad is not None)
+
+
+def test_compute_losses_reaches_both_networks_and_heads():
+    torch.manual_seed(0)
+    t = bare_trainer(nnUNetTrainerCDR, unsup_rampup=0.0, region_size=4)
+    losses, diag = t.compute_losses(*_batch(), truth_u=None)
+    assert set(losses) == {"sup", "sup_b", "review", "cons", "rkd", "inter", "intra"}
+    assert all(torch.isfinite(v) and v.item() >= 0 for v in losses.values())
+    assert diag["a_led"].item() in (0.0, 1.0) and 0.0 <= diag["agreement"].item() <= 1.0
+    sum(losses.values()).backward()
+    for name in ("net_a", "net_b"):
+        assert _grad_norm(getattr(t.student, name)) > 0, name
+    for name in ("head_a", "head_b"):
+        assert _grad_norm(t.extra_modules[name]) > 0, name
+
+
+@pytest.mark.parametrize("term", ["cons", "rkd"])
+def test_consistency_and_regional_kd_only_train_the_non_leader(term):
+    torch.manual_seed(1)
+    t = bare_trainer(nnUNetTrainerCDR, unsup_rampup=0.0, region_size=4)
+    losses, diag = t.compute_losses(*_batch(1), truth_u=None)
+    losses[term].backward()
+    leader, other = ("net_a", "net_b") if diag["a_led"].item() == 1.0 else ("net_b", "net_a")
+    assert _grad_norm(getattr(t.student, leader)) == 0
+    assert _grad_norm(getattr(t.student, other)) > 0
+
+
+def test_inter_and_intra_terms_reach_each_network():
+    torch.manual_seed(2)
+    for term in ("inter", "intra"):
+        t = bare_trainer(nnUNetTrainerCDR, unsup_rampup=0.0, region_size=4)
+        losses, _ = t.compute_losses(*_batch(2), truth_u=None)
+        losses[term].backward()
+        assert _grad_norm(t.student.net_a) > 0 and _grad_norm(t.student.net_b) > 0, term
+
+
+def test_ablation_variants_select_terms():
+    expected = {cdr.nnUNetTrainerCDR_noRegionalContrast: {"sup", "sup_b", "review", "cons", "rkd"},
+                cdr.nnUNetTrainerCDR_interOnly: {"sup", "sup_b", "review", "cons", "rkd", "inter"},
+                cdr.nnUNetTrainerCDR_intraOnly: {"sup", "sup_b", "review", "cons", "rkd", "intra"},
+                cdr.nnUNetTrainerCDR_MCF: {"sup", "sup_b", "review", "cons"},
+                cdr.nnUNetTrainerCDR_singleNetwork: {"sup", "intra"}}
+    for cls, keys in expected.items():
+        torch.manual_seed(3)
+        t = bare_trainer(cls, region_size=4)
+        losses, diag = t.compute_losses(*_batch(3), truth_u=None)
+        assert set(losses) == keys, cls.__name__
+        # the same diagnostics keys every step, whatever is switched off
+        assert set(diag) >= {"agreement", "a_led", "inter_nce", "intra_nce", "region_disagreement"}
+
+
+def test_single_network_predicts_with_net_a_only():
+    t = bare_trainer(cdr.nnUNetTrainerCDR_singleNetwork)
+    net = t.network
+    net.set_deep_supervision(False)
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(net(x), net.net_a(x))
+    # same state-dict keys as the dual export, so checkpoints stay interchangeable
+    dual = bare_trainer(nnUNetTrainerCDR).network
+    assert net.state_dict().keys() == dual.state_dict().keys() and isinstance(dual, DualNetwork)
+
+
+def test_max_contrast_regions_subsamples():
+    torch.manual_seed(4)
+    t = bare_trainer(cdr.nnUNetTrainerCDR_interOnly, unsup_rampup=0.0, region_size=2, max_contrast_regions=16)
+    losses, diag = t.compute_losses(*_batch(4), truth_u=None)  # 4 images x 64 regions, 16 kept
+    assert torch.isfinite(losses["inter"])
+    # with 16 regions the InfoNCE of random embeddings is at most about log(16) (+ weights ≤ 2)
+    assert diag["inter_nce"].item() < 2 * math.log(16) + 1
+
+
+def test_ensemble_average_of_probabilities():
+    # V logits (0, 0), R logits (0, 4): mean of softmaxes, not softmax of mean logits
+    from nnunet_ssl.modules.dual import average_log_probs
+    out = average_log_probs(torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 4.0]]))
+    p1 = F.softmax(out, 1)[0, 1].item()
+    assert p1 == pytest.approx((0.5 + 1 / (1 + math.exp(-4))) / 2, rel=1e-5)
+    assert p1 == pytest.approx(0.74101, abs=1e-5)
