@@ -1,0 +1,75 @@
+"""CRLN end to end through the stock CLI: train (interrupted after epoch 0), `--c`, then `nnUNetv2_predict`."""
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from conftest import DATASET_ID, DATASET_NAME, run_cli
+
+TRAINER = "nnUNetTrainerCRLN_tinyResume"  # nnUNetTrainerCRLN_tiny + crash/record hooks, checkpoint every epoch
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _assert_equal(a, b, where=""):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_equal(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_equal(x, y, f"{where}/{i}")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def test_crln_train_resume_predict(synthetic_nnunet):
+    env, root = dict(synthetic_nnunet["env"]), synthetic_nnunet["root"]
+    fold = root / "results" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
+    train = ["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"]
+    proc = run_cli(train, dict(env, NNUNET_SSL_TEST_CRASH_AFTER_EPOCH="0"), expect_ok=False)
+    assert proc.returncode != 0 and "simulated crash" in proc.stderr, proc.stderr[-3000:]
+    latest = _load(fold / "checkpoint_latest.pth")
+    assert latest["current_epoch"] == 1 and latest["ssl_step"] == 3
+    assert "rectifier" in latest["extra_optimizers"] and "cps_head.net.0.weight" in latest["extra_modules"]
+
+    record = fold / "resumed_state.pt"
+    run_cli(train + ["--c"], dict(env, NNUNET_SSL_TEST_RECORD_RESUME=str(record)))
+    resumed = _load(record)  # the trainer's state right after load_checkpoint
+    assert resumed["ssl_step"] == 3 and resumed["current_epoch"] == 1 and resumed["teacher_step"] == 3
+    _assert_equal(resumed["student"], latest["student_weights"], "student")
+    _assert_equal(resumed["teacher"], latest["teacher_weights"]["teacher"], "teacher")
+    _assert_equal(resumed["extra_modules"], latest["extra_modules"], "extra_modules")
+    _assert_equal(resumed["extra_optimizers"], latest["extra_optimizers"], "extra_optimizers")  # a's momentum
+
+    final = _load(fold / "checkpoint_final.pth")
+    assert final["ssl_step"] == 6 and final["current_epoch"] == 2
+    exported, student = final["network_weights"], final["student_weights"]
+    # the exported teacher carries the DIM and the trained `a` (copied from the student, not averaged)
+    assert "dim.prototypes" in exported and exported["dim.prototypes"].shape[:3] == (1, 3, 2)
+    assert torch.equal(exported["rectifier.a"], student["rectifier.a"])
+    assert exported["rectifier.a"].item() != 0.0  # eq. 16 moved it
+    assert not torch.equal(exported["dim.prototypes"], student["dim.prototypes"])  # EMA lags
+    logging = final["logging"]
+    for key in ("rect_a", "rect_loss", "dim_loss", "cps_loss", "unsup_loss", "reliable_fraction",
+                "reliable_fraction_rectified", "pseudo_label_dice", "pseudo_label_dice_rectified"):
+        assert len(logging[key]) == 2 and np.all(np.isfinite(logging[key])), key
+    assert logging["rectification_active"] == [0.0, 1.0]  # T_rect = 3 = first step of epoch 1
+    assert all(0 <= v <= 1 for v in logging["pseudo_label_dice"] + logging["pseudo_label_dice_rectified"])
+    assert (fold / "validation" / "summary.json").is_file() and (fold / "progress_ssl.png").is_file()
+
+    # stock predictor: builds CRLNNet from the trainer class and loads network_weights strictly
+    out = root / "predictions" / f"{TRAINER}_3d_fullres"
+    run_cli(["nnUNetv2_predict", "-i", root / "raw" / DATASET_NAME / "imagesTs", "-o", out, "-d", DATASET_ID,
+             "-c", "3d_fullres", "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
+             "--disable_progress_bar"], env)
+    images = sorted((root / "raw" / DATASET_NAME / "imagesTs").glob("*_0000.nii.gz"))
+    assert len(images) == 2
+    for img in images:
+        seg = sitk.ReadImage(str(out / img.name.replace("_0000.nii.gz", ".nii.gz")))
+        assert seg.GetSize() == sitk.ReadImage(str(img)).GetSize()
+        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}

@@ -1,0 +1,303 @@
+"""CRLN formulas and wiring on tiny tensors (spec crln.md §11)."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
+from torch import nn
+
+from nnunet_ssl.modules.ema import EMATeacher
+from nnunet_ssl.modules.heads import ProjectionHead
+from nnunet_ssl.trainers.crln import (CRLNNet, cps_loss, cps_positive, image_weighted_nll, nnUNetTrainerCRLN_tiny,
+                                      prototype_descriptors, rectification_loss, rectify_logits, sample_cps_indices)
+
+LN3 = math.log(3.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny tensors: thread start-up dominates, and oversubscribes a shared CPU badly (100x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_unet(dim=3, num_classes=3, strides=None, n_stages=4):
+    conv = nn.Conv3d if dim == 3 else nn.Conv2d
+    norm = nn.InstanceNorm3d if dim == 3 else nn.InstanceNorm2d
+    strides = strides or [1] + [2] * (n_stages - 1)
+    return PlainConvUNet(1, n_stages, [4, 8, 8, 8][:n_stages], conv, 3, strides, [1] * n_stages, num_classes,
+                         [1] * (n_stages - 1), conv_bias=True, norm_op=norm,
+                         norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
+                         nonlin_kwargs={"inplace": True}, deep_supervision=True)
+
+
+def tiny_crln(dim=3, num_classes=3, num_prototypes=2, **kwargs):
+    torch.manual_seed(0)
+    net = CRLNNet(tiny_unet(dim, num_classes, **kwargs), num_classes, num_prototypes)
+    nn.init.normal_(net.dim.prototypes, std=0.5)  # zeros (as coded) make every prototype identical
+    return net
+
+
+# ------------------------------------------------------------------------------------------ rectification
+def _softmax_rectified(a):
+    z = torch.zeros(1, 2)
+    m = torch.tensor([[0.0, LN3]])
+    return torch.softmax(rectify_logits(z, m, torch.tensor(a)), 1)[0]
+
+
+def test_rectification_formula_hand_computed():
+    assert torch.allclose(_softmax_rectified(0.0), torch.tensor([0.25, 0.75]))
+    assert _softmax_rectified(0.5)[1].item() == pytest.approx(math.sqrt(3) / (1 + math.sqrt(3)), abs=1e-6)
+    assert _softmax_rectified(0.5)[1].item() == pytest.approx(0.6340, abs=1e-4)
+    assert torch.allclose(_softmax_rectified(1.0), torch.tensor([0.5, 0.5]))
+    assert _softmax_rectified(-1.0)[1].item() == pytest.approx(0.9, abs=1e-6)  # no clamp: (1 - a) = 2 -> 9:1
+
+
+def test_rectification_loss_gradient_ce_part():
+    a = nn.Parameter(torch.zeros(()))
+    z = torch.zeros(1, 2, 1, 1, 1)
+    m = torch.tensor([0.0, LN3]).view(1, 2, 1, 1, 1)
+    y = torch.ones(1, 1, 1, 1, 1)
+    ce = lambda logits, target: F.cross_entropy(logits, target[:, 0].long())  # noqa: E731
+    loss = 0.5 * rectification_loss(z, m, a, y, ce)
+    assert loss.item() == pytest.approx(0.5 * math.log(4 / 3), abs=1e-6)  # 0.1438
+    loss.backward()
+    assert a.grad.item() == pytest.approx(0.5 * LN3 * (1 / 3) / (1 + 1 / 3), abs=1e-6)  # 0.1373
+
+
+# ----------------------------------------------------------------------------------------- unsupervised
+def test_image_weighted_nll_hand_computed():
+    logits = torch.zeros(1, 2, 5)                           # per-voxel NLL = ln 2
+    labels = torch.tensor([[0, 1, 1, 0, -1]])               # the last voxel is ignored
+    conf = torch.tensor([[0.99, 0.98, 0.5, 0.97, 0.99]])    # 3 of 4 valid voxels >= 0.97 -> w = 0.75
+    loss = image_weighted_nll(logits, labels, conf, 0.97)
+    assert loss.item() == pytest.approx(0.75 * math.log(2), abs=1e-6)  # 0.5199
+    # a second image with w = 0 drops out of the mean entirely
+    loss2 = image_weighted_nll(torch.zeros(2, 2, 5), torch.cat((labels, torch.tensor([[0, 1, 0, 1, 0]]))),
+                               torch.cat((conf, torch.full((1, 5), 0.6))), 0.97)
+    assert loss2.item() == pytest.approx(loss.item(), abs=1e-6)
+    # a confident student lowers the loss; an ignored voxel's logits do not matter
+    logits_ignored = logits.clone()
+    logits_ignored[0, :, 4] = torch.tensor([5.0, -5.0])
+    assert image_weighted_nll(logits_ignored, labels, conf, 0.97).item() == pytest.approx(loss.item(), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------- CPS
+def test_positive_formula():
+    protos = torch.tensor([[1.0, 3.0], [2.0, 4.0]])[None, None]       # (1, C=1, M=2, F=2)
+    desc = prototype_descriptors(protos)
+    assert torch.allclose(desc, torch.tensor([[2.0, 3.0]]))
+    r = torch.tensor([1.0, 0.0])
+    assert torch.allclose(cps_positive(r, desc[0], 0.6), torch.tensor([1.375, 1.125]))
+    assert torch.equal(cps_positive(r, None, 0.6), r)                   # before T_rect / no DIM
+    assert torch.equal(cps_positive(r, desc[0], 0.6, "mean"), r)
+    assert torch.equal(cps_positive(r, desc[0], 0.6, "prototype"), desc[0])
+    with pytest.raises(ValueError, match="positive mode"):
+        cps_positive(r, desc[0], 0.6, "other")
+
+
+def _two_class_features(n=6):
+    labels = torch.tensor([0] * n + [1] * n)
+    emb = torch.cat((torch.tensor([[1.0, 0.0]]).repeat(n, 1), torch.tensor([[0.0, 1.0]]).repeat(n, 1)))
+    return emb, labels, torch.ones(2 * n, dtype=torch.bool)
+
+
+def test_cps_loss_tiny_feature_set():
+    emb, labels, valid = _two_class_features()
+    # anchor == positive (cos 1), 512 orthogonal negatives (cos 0): ln(1 + 512 e^{-2})
+    loss = cps_loss(emb, labels, valid, valid, 2, None, 0.6, num_anchors=256, num_negatives=512, temperature=0.5)
+    assert loss.item() == pytest.approx(math.log(1 + 512 * math.exp(-2)), abs=1e-4)  # 4.2527
+    # prototypes rotate the positive by 45 degrees (ξ = 1): ln(1 + 512 e^{-√2})
+    desc = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    loss = cps_loss(emb, labels, valid, valid, 2, desc, 1.0, num_anchors=256, num_negatives=512, temperature=0.5)
+    assert loss.item() == pytest.approx(4.8321, abs=1e-4)
+    # anchor equal to the positive and to all 512 negatives: ln(513), larger
+    bad = cps_loss(torch.ones_like(emb), labels, valid, valid, 2, None, 0.6)
+    assert bad.item() == pytest.approx(math.log(513), abs=1e-4) and bad.item() > loss.item()
+    # fewer than two classes: exactly 0, with a graph
+    emb.requires_grad_(True)
+    zero = cps_loss(emb, torch.zeros_like(labels), valid, valid, 2, None, 0.6)
+    assert zero.item() == 0.0 and zero.requires_grad
+    # no uncertain voxel anywhere: 0
+    assert cps_loss(emb, labels, valid, torch.zeros_like(valid), 2, None, 0.6).item() == 0.0
+
+
+def test_cps_gradient_reaches_anchors_only_and_positive_is_constant():
+    emb, labels, valid = _two_class_features()
+    emb = (emb + 0.1 * torch.randn_like(emb)).requires_grad_(True)
+    torch.manual_seed(0)
+    cps_loss(emb, labels, valid, labels == 0, 2, None, 0.6, num_anchors=4, num_negatives=8).backward()
+    # only class-0 voxels are uncertain, so only they (as anchors) get gradients
+    assert emb.grad[labels == 1].abs().sum() == 0 and emb.grad[labels == 0].abs().sum() > 0
+
+
+def test_anchor_and_negative_sampling_rules():
+    torch.manual_seed(0)
+    #                     0  1  2  3  4  5  6  7  8  9 10 11
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+    valid = torch.tensor([1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1], dtype=torch.bool)  # 3, 7: padded (conf 0)
+    uncertain = torch.tensor([1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0, 0], dtype=torch.bool) & valid
+    means = torch.tensor([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.0]])  # class 1 close to class 0, class 2 opposite
+    samples = sample_cps_indices(labels, valid, uncertain, means, num_anchors=256, num_negatives=512)
+    assert set(samples) == {0, 1}                                 # class 2 has no uncertain voxel
+    for c, (anchors, negatives) in samples.items():
+        assert anchors.shape == (256,) and negatives.shape == (256, 512)
+        assert set(anchors.tolist()) <= set(torch.nonzero(uncertain & (labels == c)).squeeze(1).tolist())
+        assert set(negatives.flatten().tolist()) <= set(torch.nonzero(valid & (labels != c)).squeeze(1).tolist())
+        assert not ({3, 7} & set(anchors.tolist()) | {3, 7} & set(negatives.flatten().tolist()))
+    assert set(samples[0][0].tolist()) == {0}
+    # negative class ~ softmax(cos(r̄_c, r̄_j) / 0.5): class 0 draws class 1 with p = e^{2cos}/(e^{2cos}+e^{-2})
+    cos01 = F.cosine_similarity(means[0], means[1], dim=0).item()
+    expected = math.exp(2 * cos01) / (math.exp(2 * cos01) + math.exp(-2))
+    frac = (labels[samples[0][1]] == 1).float().mean().item()
+    assert frac == pytest.approx(expected, abs=0.01)
+    # only one class with valid voxels: nothing to contrast
+    assert sample_cps_indices(labels, valid & (labels == 0), uncertain, means, 4, 4) == {}
+
+
+# ---------------------------------------------------------------------------------------------- network
+@pytest.mark.parametrize("dim,patch,strides", [
+    (3, (8, 16, 16), [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]]),  # anisotropic first stride
+    (2, (16, 16), None)])
+def test_shapes_and_inference_path(dim, patch, strides):
+    net = tiny_crln(dim, 3, 2, strides=strides)
+    x = torch.randn(2, 1, *patch)
+    seg, relation_map, features = net(x, return_extras=True)
+    assert isinstance(seg, list) and seg[0].shape == (2, 3, *patch)
+    assert net.dim.prototypes.shape == (1, 3, 2, 8)                 # F = channels of block I's stage
+    assert relation_map.shape == (2, 3, *patch) and (relation_map >= 0).all()
+    _, proximity = net.dim(features[-3], features[-2], return_proximity=True)
+    assert proximity.shape == (2, 3, 2, features[-2][0, 0].numel())  # (B, C, M, N at block II)
+    emb = ProjectionHead(features[-1].shape[1], 2, 2, dim)(features[-1])
+    assert emb.shape == (2, 2, *patch)
+    # no layer is tied to the patch size: a larger patch runs too
+    bigger = tuple(2 * p for p in patch)
+    assert net(torch.randn(1, 1, *bigger), return_extras=True)[1].shape == (1, 3, *bigger)
+    # the DIM runs on the first dim_batch samples only (labelled part of a joint batch)
+    assert net(x, return_extras=True, dim_batch=1)[1].shape[0] == 1
+    # deep supervision off (prediction): one tensor, the rectified logits z + (1 - a) M(x)
+    net.eval()
+    net.decoder.deep_supervision = False
+    with torch.no_grad():
+        net.rectifier.a.fill_(0.3)
+        out = net(x)
+        z, m, _ = net(x, return_extras=True)
+    assert torch.is_tensor(out) and torch.allclose(out, z + 0.7 * m, atol=1e-6)
+    # a state dict of one build loads strictly into another
+    fresh = CRLNNet(tiny_unet(dim, 3, strides=strides), 3, 2)
+    fresh.load_state_dict(net.state_dict(), strict=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_relation_map_alive_at_initialisation(seed):
+    """A map that is 0 everywhere (dead final ReLU) would leave the DIM and `a` without any gradient."""
+    torch.manual_seed(seed)
+    net = CRLNNet(tiny_unet(3, 3), 3, 2).eval()   # zero prototypes, as coded; eval mode as in eq. 16
+    with torch.no_grad():
+        relation_map = net(torch.randn(2, 1, 16, 16, 16), return_extras=True)[1]
+    assert (relation_map > 0).float().mean() > 0.1
+
+
+def test_shallow_network_and_faithful_reshape():
+    net = CRLNNet(tiny_unet(3, 3, n_stages=2), 3, 2)                 # one decoder stage: block I = II = -1
+    assert net.block1_stage == net.block2_stage == -1
+    assert net(torch.randn(1, 1, 8, 8, 8), return_extras=True)[1].shape == (1, 3, 8, 8, 8)
+    faithful = CRLNNet(tiny_unet(3, 3, n_stages=3), 3, 2, faithful_reshape=True)
+    assert faithful.dim.block1.faithful_reshape and faithful(torch.randn(1, 1, 8, 8, 8), return_extras=True)[1] \
+        .shape == (1, 3, 8, 8, 8)
+
+
+# ---------------------------------------------------------------------------------- trainer wiring
+def bare_trainer(ssl_step=10, dim=3):
+    """The trainer's loss code on a tiny CRLNNet, without plans or data loaders."""
+    torch.manual_seed(0)
+    trainer = nnUNetTrainerCRLN_tiny.__new__(nnUNetTrainerCRLN_tiny)
+    net = tiny_crln(dim, 3, 2)
+    trainer.network = net
+    trainer.teachers = {"teacher": EMATeacher(net, 0.99)}
+    trainer.extra_modules = nn.ModuleDict({"cps_head": ProjectionHead(4, 2, 2, dim)})
+    trainer.loss = DeepSupervisionWrapper(
+        DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
+                       weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss), [4 / 7, 2 / 7, 1 / 7])
+    trainer.label_manager = SimpleNamespace(num_segmentation_heads=3, ignore_label=None)
+    trainer.device = torch.device("cpu")
+    trainer.is_ddp = False
+    trainer.ssl_step = ssl_step
+    trainer.num_epochs, trainer.num_iterations_per_epoch = 2, 3
+    trainer._labelled_outputs = None
+    trainer.extra_optimizers = {"rectifier": torch.optim.SGD(net.rectifier.parameters(), 2.5e-3, momentum=0.9,
+                                                             nesterov=True, weight_decay=5e-4)}
+    return trainer
+
+
+def tiny_batch(dim=3):
+    torch.manual_seed(1)
+    shape = (16,) * dim
+    data_l, data_u = torch.randn(2, 1, *shape), torch.randn(2, 1, *shape)
+    seg = torch.randint(0, 3, (2, 1, *shape)).float()
+    target_l = [seg, seg[(..., *[slice(None, None, 2)] * dim)], seg[(..., *[slice(None, None, 4)] * dim)]]
+    truth_u = torch.randint(0, 3, (2, *shape))
+    return data_l, target_l, data_u, truth_u
+
+
+def _grads(params):
+    return [None if p.grad is None else p.grad.abs().sum().item() for p in params]
+
+
+@pytest.mark.parametrize("dim", [3, 2])
+def test_gradient_routing(dim):
+    trainer = bare_trainer(dim=dim)
+    net, teacher = trainer.network, trainer.teacher.module
+    data_l, target_l, data_u, truth_u = tiny_batch(dim)
+    losses, diagnostics = trainer.compute_losses(data_l, target_l, data_u, truth_u)
+    assert set(losses) == {"sup", "dim", "unsup", "cps"}
+    assert diagnostics["rectification_active"].item() == 1.0
+    for k in ("reliable_fraction_rectified", "pseudo_label_dice", "pseudo_label_dice_rectified"):
+        assert torch.isfinite(diagnostics[k]), k
+    # everything but the DIM's supervised term: no gradient for prototypes / DIM, none for `a`
+    sum(v for k, v in losses.items() if k != "dim").backward(retain_graph=True)
+    assert all(g in (None, 0.0) for g in _grads(net.dim.parameters()))
+    assert net.rectifier.a.grad is None
+    assert all(g is not None and g > 0 for g in _grads(trainer.extra_modules.parameters()))  # CPS head
+    assert all(p.grad is None for p in teacher.parameters())
+    # the DIM's supervised term reaches the prototypes, block II and the map head
+    net.zero_grad(set_to_none=True)
+    losses["dim"].backward()
+    assert net.dim.prototypes.grad.abs().sum() > 0
+    assert net.dim.block2.kv.weight.grad.abs().sum() > 0 and net.dim.head.shared.weight.grad.abs().sum() > 0
+    assert net.rectifier.a.grad is None and all(p.grad is None for p in teacher.parameters())
+    # eq. 16 moves `a` only
+    net.zero_grad(set_to_none=True)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    loss = trainer.rectifier_step(data_l, target_l[0])
+    assert torch.isfinite(loss)
+    assert net.rectifier.a.grad is not None and net.rectifier.a.item() != 0.0
+    assert all(p.grad is None for n, p in net.named_parameters() if n != "rectifier.a")
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items() if k != "rectifier.a")
+    assert net.training  # the eval-mode forward of eq. 16 puts the student back
+
+
+def test_rectification_switch_at_T_rect():
+    trainer = bare_trainer(ssl_step=2)
+    assert trainer.rectification_start() == 3 and not trainer.rectification_active()
+    data_l, target_l, data_u, truth_u = tiny_batch()
+    with torch.no_grad():
+        trainer.teacher.module.rectifier.a.fill_(-20.0)  # a huge (1 - a) M makes rectified labels differ
+    raw, rect = trainer.make_pseudo_labels(data_u)
+    assert not torch.equal(raw[0], rect[0])
+    _, diag = trainer.compute_losses(data_l, target_l, data_u, truth_u)
+    assert diag["rectification_active"].item() == 0.0
+    trainer.ssl_step = 3
+    _, diag = trainer.compute_losses(data_l, target_l, data_u, truth_u)
+    assert diag["rectification_active"].item() == 1.0
+    # default: T_rect = 2 % of all iterations; an absolute value overrides it
+    trainer.rectification_start_iteration = None
+    trainer.num_epochs, trainer.num_iterations_per_epoch = 1000, 250
+    assert trainer.rectification_start() == 5000
