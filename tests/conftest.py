@@ -17,6 +17,17 @@ DATASET_ID = 990
 DATASET_NAME = "Dataset990_SyntheticSSL"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _single_torch_thread():
+    """Unit tests use tiny tensors, where a second intra-op thread only adds overhead (nnU-Net subprocesses
+    started by the end-to-end tests set their own thread count)."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def load_script(relative_path: str):
     """Import a script of the repository (e.g. dataset_conversion/*.py) by path."""
     path = REPO / relative_path

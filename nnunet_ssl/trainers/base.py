@@ -122,12 +122,12 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     # ------------------------------------------------------------------------------------------------- set-up
     def initialize(self):
         super().initialize()
+        self.teachers = self.build_teachers()
         self.extra_modules = nn.ModuleDict(self.build_extra_modules()).to(self.device)
         extra_params = [p for p in self.extra_modules.parameters() if p.requires_grad]
         if extra_params:
             # same SGD settings and poly schedule as the network (the scheduler sets every param group's lr)
             self.optimizer.add_param_group({"params": extra_params})
-        self.teachers = self.build_teachers()
         for name, (opt, sched) in self.configure_extra_optimizers().items():
             self.extra_optimizers[name] = opt
             if sched is not None:

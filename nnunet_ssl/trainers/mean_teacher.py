@@ -49,8 +49,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSL):
         sup = self.loss(out_l, target_l)
         unsup = weighted_cross_entropy(logits_u, labels_u, reliable_u)
         if self.use_pseudo_label_dice:
+            # ddp must match the run: its default (True) all-gathers and fails in single-process training
             dice = MemoryEfficientSoftDiceLoss(apply_nonlin=softmax_helper_dim1, batch_dice=True, do_bg=False,
-                                               smooth=1e-5)
+                                               smooth=1e-5, ddp=self.is_ddp)
             unsup = unsup + dice(logits_u, labels_u[:, None], loss_mask=reliable_u[:, None].float())
         weight = self.current_unsup_weight()
         diagnostics["unsup_weight"] = torch.tensor(weight)

@@ -42,5 +42,5 @@ class nnUNetTrainerMeanTeacher_tinyResume(ResumeTestHooks, nnUNetTrainerMeanTeac
 
 
 class nnUNetTrainerMeanTeacher_demo(nnUNetTrainerMeanTeacher):
-    """The README demo: 6 epochs of 40 iterations, a few minutes on a CPU."""
-    schedule_overrides = {"num_epochs": 6, "num_iterations_per_epoch": 40, "num_val_iterations_per_epoch": 5}
+    """The README demo: 5 epochs of 30 iterations, a few minutes on a CPU."""
+    schedule_overrides = {"num_epochs": 5, "num_iterations_per_epoch": 30, "num_val_iterations_per_epoch": 5}

@@ -59,3 +59,14 @@ def test_unwrap_compiled_module_shares_parameters():
 def test_invalid_decay():
     with pytest.raises(ValueError, match="decay"):
         EMATeacher(nn.Linear(1, 1), 1.0)
+
+
+def test_teacher_does_not_inherit_student_hooks():
+    student = nn.Sequential(nn.Linear(2, 2))
+    calls = []
+    student[0].register_forward_hook(lambda m, i, o: calls.append(1))
+    teacher = EMATeacher(student, 0.9)
+    teacher(torch.ones(1, 2))
+    assert calls == []
+    student(torch.ones(1, 2))
+    assert calls == [1]

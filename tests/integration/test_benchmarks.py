@@ -1,0 +1,135 @@
+"""scripts/benchmark_speed.py and scripts/benchmark_ssl.py at toy scale on the CPU.
+
+These check the mechanics (what is timed, what is trained, written, skipped and left untouched); the numbers of a
+CPU run on 32^3 volumes mean nothing. The 2d configuration keeps the runs short; one torch thread avoids threads
+spinning against other processes on a shared CPU.
+"""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import DATASET_ID, DATASET_NAME, REPO
+
+CPU_ARGS = ["-c", "2d", "--device", "cpu", "--num-threads", "1"]
+
+
+def run_script(script, args, env, expect_ok=True):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), *[str(a) for a in args]], env=env,
+                          capture_output=True, text=True, timeout=900)
+    if expect_ok:
+        assert proc.returncode == 0, (f"{script} failed ({proc.returncode})\n--- stdout\n{proc.stdout[-6000:]}\n"
+                                      f"--- stderr\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def listing(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def test_benchmark_speed(synthetic_nnunet, tmp_path):
+    root = synthetic_nnunet["root"]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = dict(synthetic_nnunet["env"], TMPDIR=str(scratch))  # the temporary nnUNet_results goes here
+    results_before = listing(root / "results")
+    out = tmp_path / "speed" / "speed.json"
+    proc = run_script("benchmark_speed.py", ["-d", DATASET_ID, *CPU_ARGS, "--trainers", "nnUNetTrainer",
+                                             "nnUNetTrainerMeanTeacher", "nnUNetTrainerNotWrittenYet",
+                                             "--iters", 2, "--warmup", 0, "-o", out], env)
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert results["nnUNetTrainerNotWrittenYet"]["status"] == "skipped (not importable)"
+    assert "skipping nnUNetTrainerNotWrittenYet" in proc.stdout
+    base, mt = results["nnUNetTrainer"], results["nnUNetTrainerMeanTeacher"]
+    assert base["status"] == mt["status"] == "ok"
+    # same plans: same patch and labelled batch; the Mean Teacher also draws an unlabelled batch
+    assert base["patch_size"] == mt["patch_size"] == [32, 32] and base["batch_size"] == mt["batch_size"]
+    assert base["streams"] == ["dataloader_train"]
+    assert mt["streams"] == ["dataloader_train", "dataloader_unlabeled"] and mt["unlabeled_batch_size"] >= 1
+    for r in (base, mt):
+        for phase in ("with_data_loading", "without_data_loading"):
+            assert r[phase]["iterations"] == 2 and r[phase]["ms_per_iter_mean"] > 0
+        # single-threaded loaders (nnUNet_n_proc_DA=0) augment inside next(): waiting is measured, and below 100 %
+        assert 0 < r["with_data_loading"]["data_wait_share"] < 1
+        assert r["peak_gpu_memory_gib"] is None  # CPU
+    assert base["with_data_loading"]["ratio_to_nnUNetTrainer"] == pytest.approx(1.0)
+    for phase in ("with_data_loading", "without_data_loading"):
+        assert mt[phase]["ratio_to_nnUNetTrainer"] == pytest.approx(
+            mt[phase]["ms_per_iter_mean"] / base[phase]["ms_per_iter_mean"])
+    machine = report["machine"]
+    assert machine["device"] == "cpu" and machine["torch"] == torch.__version__ and machine["cpu_count"] >= 1
+    assert machine["torch_threads"] == 1 and machine["date"]
+    table = (tmp_path / "speed" / "speed.md").read_text()
+    ratio = f"{mt['without_data_loading']['ratio_to_nnUNetTrainer']:.2f}×"
+    assert any(line.startswith("| nnUNetTrainerMeanTeacher | ") and ratio in line for line in table.splitlines())
+    assert "nnUNetTrainerNotWrittenYet: skipped" in table and "CPU run" in table
+    # nothing written into the user's nnUNet_results, the temporary one is gone
+    assert listing(root / "results") == results_before
+    assert [p for p in scratch.iterdir() if p.name.startswith("nnunet_ssl_speed_results_")] == []
+
+
+def test_benchmark_ssl_and_resume(synthetic_nnunet, tmp_path):
+    root = synthetic_nnunet["root"]
+    env = synthetic_nnunet["env"]
+    user_split = root / "preprocessed" / DATASET_NAME / "splits_final.json"
+    split_before = user_split.read_bytes()
+    results_before = listing(root / "results")
+    out = tmp_path / "bench"
+    args = ["-d", DATASET_ID, *CPU_ARGS, "--budgets", 2, "--trainers", "nnUNetTrainerMeanTeacher", "--epochs", 1,
+            "--iters-per-epoch", 1, "--val-iters", 1, "--val", 2, "--disable-tta", "-o", out]
+    proc = run_script("benchmark_ssl.py", args, env)
+    assert proc.stdout.count("[benchmark_ssl] training ") == 3
+    report = json.loads((out / "benchmark_ssl.json").read_text())
+    # splits: same held-out block; 2 labelled + 2 unlabelled, and all 4 labelled for the upper bound
+    split2, split_all = report["splits"]["2"], report["splits"]["all"]
+    assert split2["val"] == split_all["val"] and len(split2["val"]) == 2
+    assert len(split2["train"]) == 2 and len(split2["unlabeled"]) == 2
+    assert sorted(split_all["train"]) == sorted(split2["train"] + split2["unlabeled"]) and split_all["unlabeled"] == []
+    assert report["heldout"]["source"] == "imagesTs/labelsTs" and report["heldout"]["n_cases"] == 2
+    runs = report["runs"]
+    assert set(runs) == {"nnUNetTrainer", "nnUNetTrainerMeanTeacher"}
+    assert set(runs["nnUNetTrainer"]) == {"2", "all"} and set(runs["nnUNetTrainerMeanTeacher"]) == {"2"}
+    table = (out / "benchmark_ssl.md").read_text().splitlines()
+    assert table[0] == "| Trainer | Labelled cases: 2 (50 %) | all 4 labelled |"
+    for trainer, budget, row in (("nnUNetTrainer", "2", "nnUNetTrainer (labelled only)"),
+                                 ("nnUNetTrainer", "all", "nnUNetTrainer (labelled only)"),
+                                 ("nnUNetTrainerMeanTeacher", "2", "nnUNetTrainerMeanTeacher")):
+        run = runs[trainer][budget]
+        assert run["status"] == "ok" and run["skipped"] is False and run["train_seconds"] > 0
+        # the reported Dice is nnUNetv2_ssl_evaluate's headline of this run's predictions
+        metrics = json.loads((out / f"budget_{budget}" / trainer / "evaluation" / "metrics.json").read_text())
+        dice = metrics["summary"]["headline"]["dice"]
+        assert run["dice"]["mean"] == dice["mean"] and 0 <= dice["mean"] <= 1 and metrics["summary"]["n_cases"] == 2
+        assert f"{100 * dice['mean']:.2f} ± {100 * dice['std']:.2f}" in next(l for l in table
+                                                                           if l.startswith(f"| {row} |"))
+        fold = (out / f"budget_{budget}" / "nnUNet_results" / DATASET_NAME / f"{trainer}__nnUNetPlans__2d" /
+                "fold_0")
+        assert json.loads((fold / "debug.json").read_text())["num_epochs"] == "1"  # schedule set on the instance
+    assert next(l for l in table if l.startswith("| nnUNetTrainerMeanTeacher |")).endswith("| – |")
+    assert (out / "benchmark_ssl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the user's split and results are untouched
+    assert user_split.read_bytes() == split_before
+    assert listing(root / "results") == results_before
+
+    # second invocation: finished runs are skipped; a run without metrics is predicted again, not retrained
+    checkpoints = sorted(out.rglob("checkpoint_final.pth"))
+    assert len(checkpoints) == 3
+    mtimes = {p: p.stat().st_mtime_ns for p in checkpoints}
+    (out / "budget_2" / "nnUNetTrainer" / "evaluation" / "metrics.json").unlink()
+    proc = run_script("benchmark_ssl.py", args, env)
+    assert "[benchmark_ssl] training " not in proc.stdout
+    assert proc.stdout.count("[benchmark_ssl] skipped ") == 2
+    assert "nnUNetTrainer (budget 2): trained earlier, predicting again" in proc.stdout
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == mtimes
+    rerun = json.loads((out / "benchmark_ssl.json").read_text())["runs"]
+    assert rerun["nnUNetTrainerMeanTeacher"]["2"]["skipped"] is True
+    assert rerun["nnUNetTrainer"]["2"]["dice"]["mean"] == runs["nnUNetTrainer"]["2"]["dice"]["mean"]
+
+    # other settings in the same output folder are refused before anything runs
+    more_epochs = list(args)
+    more_epochs[more_epochs.index("--epochs") + 1] = 2
+    proc = run_script("benchmark_ssl.py", more_epochs, env, expect_ok=False)
+    assert proc.returncode == 2 and "other settings" in proc.stderr and "epochs" in proc.stderr
