@@ -37,9 +37,11 @@ def _read_header(path: str, reader_class) -> tuple:
     return tuple(data.shape[1:]), data.shape[0]
 
 
-def collect_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict,
-                            labeled_identifiers: Sequence[str]) -> Dict[str, List[str]]:
+def collect_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict, labeled_identifiers: Sequence[str],
+                            reader_class) -> Dict[str, List[str]]:
     """Validate ``imagesUnlabeled`` against ``dataset.json`` and return {case: [channel files in order]}.
+
+    ``reader_class`` is the plans' image reader (used where SimpleITK cannot read just the header).
 
     Raises ``UnlabeledDataError`` naming the offending file: wrong file ending, missing or extra channels, a case
     name that clashes with a labelled case, files that cannot be read, channels of different shapes.
@@ -67,7 +69,6 @@ def collect_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict,
     if not cases:
         raise UnlabeledDataError(f"{folder} holds no images ending in {file_ending}.")
     labeled = set(labeled_identifiers)
-    reader_class = None
     out = {}
     for case, channels in cases.items():
         if case in labeled:
@@ -85,9 +86,6 @@ def collect_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict,
         files = [channels[c] for c in expected]
         shapes = []
         for f in files:
-            if reader_class is None:
-                from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
-                reader_class = determine_reader_writer_from_dataset_json(dataset_json, f, verbose=False)
             try:
                 shapes.append(_read_header(f, reader_class))
             except Exception as e:  # the reader's own error is often cryptic: name the file
@@ -138,7 +136,7 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: Sequence[str] = ("3
             raise UnlabeledDataError(f"Configuration '{c}' is not in {plans_file}; available: {available}.")
 
     labeled = list(get_filenames_of_train_images_and_targets(raw_folder, dataset_json).keys())
-    cases = collect_unlabeled_cases(raw_folder, dataset_json, labeled)
+    cases = collect_unlabeled_cases(raw_folder, dataset_json, labeled, plans_manager.image_reader_writer_class)
     ref_folder = join(raw_folder, UNLABELED_REFERENCE_RAW_FOLDER)
     references = {c: join(ref_folder, c + dataset_json["file_ending"]) for c in cases
                   if isfile(join(ref_folder, c + dataset_json["file_ending"]))}

@@ -65,14 +65,15 @@ def test_preprocesses_with_existing_plans(dataset):
 
 def test_wrong_channel_count(dataset, capsys):
     raw, pre = dataset
-    src = next((raw / "imagesUnlabeled").glob("*_0000.nii.gz"))
-    shutil.copy(src, raw / "imagesUnlabeled" / src.name.replace("_0000", "_0001"))
-    _expect_error(raw, pre, capsys, src.name[:-len("_0000.nii.gz")], "channel", "unexpected")
+    src = sorted((raw / "imagesUnlabeled").glob("*_0000.nii.gz"))[0]
+    case = src.name[:-len("_0000.nii.gz")]
+    shutil.copy(src, raw / "imagesUnlabeled" / f"{case}_0001.nii.gz")
+    _expect_error(raw, pre, capsys, case, "channel", "unexpected", f"{case}_0001.nii.gz")
 
 
 def test_wrong_file_ending(dataset, capsys):
     raw, pre = dataset
-    src = next((raw / "imagesUnlabeled").glob("*_0000.nii.gz"))
+    src = sorted((raw / "imagesUnlabeled").glob("*_0000.nii.gz"))[0]
     shutil.copy(src, raw / "imagesUnlabeled" / "extra_0000.nrrd")
     _expect_error(raw, pre, capsys, "extra_0000.nrrd", "file ending", ".nii.gz")
 
