@@ -19,7 +19,6 @@ nnU-Net's own cropping to nonzero and z-scoring take that role. No resampling (B
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 from pathlib import Path
@@ -28,18 +27,9 @@ from typing import Optional, Sequence
 import SimpleITK as sitk
 
 
-def _load_common():
-    """Load the sibling _common.py by path (the scripts are run directly or loaded by importlib from a path)."""
-    name = "nnunet_ssl_dataset_conversion_common"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().with_name("_common.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-C = _load_common()
+# the sibling helpers, whether this file runs as a script or is loaded by path (tests)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
 DATASET_ID = 103
 DATASET_NAME = "BraTS19"
