@@ -1,6 +1,5 @@
 """Unlabelled cases as an nnU-Net dataset, so nnU-Net's own loader and augmentation can serve them."""
-import os
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset, infer_dataset_class

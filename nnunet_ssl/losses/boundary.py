@@ -97,7 +97,7 @@ def sample_voxels(candidates: torch.Tensor, generator: Optional[torch.Generator]
 
     Draws N uniform numbers (on the generator's device) and picks the r-th True voxel in scan order by a cumulative
     count, so no per-mask host round trip is needed. Empty masks give coordinates 0 and ``found`` False."""
-    ndim = _check_masks(candidates)
+    _check_masks(candidates)
     n = candidates.shape[0]
     flat = candidates.flatten(1)
     counts = flat.sum(dim=1)

@@ -1,6 +1,5 @@
 """Two segmentation networks deployed as one: what dual-student methods (CDR, UGPL) export for prediction."""
 import math
-from typing import List
 
 import torch
 from torch import nn

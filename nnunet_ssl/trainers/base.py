@@ -16,7 +16,6 @@ tiny test variants are subclasses that override them.
 """
 import contextlib
 import copy
-import os
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -33,7 +32,7 @@ from torch import autocast, nn
 
 from nnunet_ssl.augment.strong import StrongAugmentation
 from nnunet_ssl.data.unlabeled_dataset import UnlabeledDataset, read_manifest, unlabeled_preprocessed_folder
-from nnunet_ssl.diagnostics import mean_foreground_dice, nanmean_or_nan, plot_ssl_progress
+from nnunet_ssl.diagnostics import nanmean_or_nan, plot_ssl_progress
 from nnunet_ssl.modules.ema import EMATeacher, unwrap_network
 from nnunet_ssl.ramps import sigmoid_rampup
 

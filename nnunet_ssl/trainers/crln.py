@@ -514,7 +514,6 @@ class nnUNetTrainerCRLN(nnUNetTrainerMeanTeacher):
 
     def compute_cps(self, features, logits, target_l, labels_u, conf_u, rectification_active):
         """CPS (eqs. 9-14) on the projection of ``features`` (labelled samples first, then strong unlabelled)."""
-        n_l = target_l.shape[0]
         emb = self.extra_modules["cps_head"](features)
         size = emb.shape[2:]
         probs = torch.softmax(logits.float(), 1)

@@ -5,7 +5,7 @@ other U-Net family of dynamic_network_architectures, for different inductive bia
 poly schedule, trained in one ``train_step``; the exported network is ``DualNetwork``, which averages their
 probabilities, so stock ``nnUNetv2_predict`` ensembles them.
 """
-from typing import Dict, List
+from typing import List
 
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
@@ -20,25 +20,37 @@ PLAIN = "dynamic_network_architectures.architectures.unet.PlainConvUNet"
 RESENC = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
 
 
-def other_unet_family(arch_class_name: str, arch_kwargs: dict):
-    """(class name, kwargs) of the other U-Net family with the same stages, features, kernels and strides."""
+# nnU-Net's ResEnc presets (ResNet34-like): residual blocks per encoder stage, the last value repeated
+RESNET34_BLOCKS_PER_STAGE = (1, 3, 4, 6, 6, 6, 6, 6)
+
+
+def other_unet_family(arch_class_name: str, arch_kwargs: dict, resenc_blocks_per_stage=RESNET34_BLOCKS_PER_STAGE,
+                      plain_convs_per_stage: int = 2):
+    """(class name, kwargs) of the other U-Net family with the same stages, features, kernels and strides.
+
+    PlainConvUNet plans give a ResidualEncoderUNet with ``resenc_blocks_per_stage``; ResidualEncoderUNet plans a
+    PlainConvUNet with ``plain_convs_per_stage`` convolutions per stage. Other architectures: None."""
     kwargs = dict(arch_kwargs)
+    n_stages = kwargs["n_stages"]
     if arch_class_name == PLAIN:
-        kwargs["n_blocks_per_stage"] = kwargs.pop("n_conv_per_stage")
+        kwargs.pop("n_conv_per_stage")
+        blocks = tuple(resenc_blocks_per_stage)
+        kwargs["n_blocks_per_stage"] = (blocks + blocks[-1:] * n_stages)[:n_stages]
         return RESENC, kwargs
     if arch_class_name == RESENC:
-        kwargs["n_conv_per_stage"] = kwargs.pop("n_blocks_per_stage")
+        kwargs.pop("n_blocks_per_stage")
+        kwargs["n_conv_per_stage"] = (plain_convs_per_stage,) * n_stages
         for k in ("block", "bottleneck_channels", "stem_channels"):
             kwargs.pop(k, None)
         return PLAIN, kwargs
-    raise ValueError(f"second_network='other_family' supports PlainConvUNet and ResidualEncoderUNet plans, not "
-                     f"{arch_class_name}; set second_network='same' in the trainer.")
+    return None
 
 
 class nnUNetTrainerDualSSL(nnUNetTrainerSSL):
     num_teachers_needed = 0          # two students, no EMA teacher
     export_weights = "student"       # the DualNetwork ensemble
     second_network = "other_family"  # 'other_family' (plain <-> residual encoder) or 'same' (other random init)
+    resenc_blocks_per_stage = RESNET34_BLOCKS_PER_STAGE  # residual blocks per stage when B is the ResEnc U-Net
 
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
@@ -49,13 +61,15 @@ class nnUNetTrainerDualSSL(nnUNetTrainerSSL):
         req_import = configuration_manager.network_arch_init_kwargs_req_import
         net_a = get_network_from_plans(arch, kwargs, req_import, num_input_channels, num_output_channels,
                                        allow_init=True, deep_supervision=enable_deep_supervision)
-        if cls.second_network == "same":
-            arch_b, kwargs_b = arch, kwargs
-        elif cls.second_network == "other_family":
-            arch_b, kwargs_b = other_unet_family(arch, kwargs)
-        else:
+        if cls.second_network not in ("same", "other_family"):
             raise ValueError(f"{cls.__name__}.second_network must be 'same' or 'other_family', "
                              f"got {cls.second_network!r}")
+        other = other_unet_family(arch, kwargs, cls.resenc_blocks_per_stage) \
+            if cls.second_network == "other_family" else None
+        if cls.second_network == "other_family" and other is None:
+            print(f"{cls.__name__}: plans architecture {arch} is neither PlainConvUNet nor ResidualEncoderUNet; "
+                  f"the second network is an independently initialised copy (second_network='same').")
+        arch_b, kwargs_b = other or (arch, kwargs)
         net_b = get_network_from_plans(arch_b, kwargs_b, req_import, num_input_channels, num_output_channels,
                                        allow_init=True, deep_supervision=enable_deep_supervision)
         return DualNetwork(net_a, net_b)

@@ -1,31 +1,10 @@
 """CDR end to end through the stock CLI: train (interrupted after epoch 0), `--c`, then predict with the ensemble."""
-import numpy as np
-import SimpleITK as sitk
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, run_cli, train_predict
+from conftest import (DATASET_ID, DATASET_NAME, assert_nested_equal, assert_valid_predictions, load_checkpoint_file,
+                      run_cli, train_predict)
 
 TRAINER = "nnUNetTrainerCDR_tiny"
-
-
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _assert_equal(a, b, where=""):
-    """Nested dicts/lists of tensors and numbers are equal."""
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_equal(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_equal(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def test_cdr_train_resume_predict(synthetic_nnunet):
@@ -35,7 +14,7 @@ def test_cdr_train_resume_predict(synthetic_nnunet):
     proc = run_cli(["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], crash_env,
                    expect_ok=False)
     assert proc.returncode != 0 and "simulated crash" in proc.stderr, proc.stderr[-3000:]
-    latest = _load(fold / "checkpoint_latest.pth")
+    latest = load_checkpoint_file(fold / "checkpoint_latest.pth")
     assert latest["current_epoch"] == 1 and latest["ssl_step"] == 3
     assert sum(latest["cdr_leader_counts"].values()) == 3
     # both networks, both heads, network B's optimizer (with head B) are in the checkpoint
@@ -48,15 +27,15 @@ def test_cdr_train_resume_predict(synthetic_nnunet):
     resume_env = dict(env, NNUNET_SSL_TEST_RECORD_RESUME=str(record))
     fold_again, pred = train_predict(dict(synthetic_nnunet, env=resume_env), TRAINER, "3d_fullres", ["--c"])
     assert fold_again == fold
-    resumed = _load(record)  # the trainer's state right after load_checkpoint
+    resumed = load_checkpoint_file(record)  # the trainer's state right after load_checkpoint
     assert resumed["ssl_step"] == 3 and resumed["current_epoch"] == 1
-    _assert_equal(resumed["student"], latest["student_weights"], "student")
-    _assert_equal(resumed["extra_modules"], latest["extra_modules"], "heads")
-    _assert_equal(resumed["extra_optimizers"], latest["extra_optimizers"], "optimizer B")
-    _assert_equal(resumed["optimizer"], latest["optimizer_state"], "optimizer A")
+    assert_nested_equal(resumed["student"], latest["student_weights"], "student")
+    assert_nested_equal(resumed["extra_modules"], latest["extra_modules"], "heads")
+    assert_nested_equal(resumed["extra_optimizers"], latest["extra_optimizers"], "optimizer B")
+    assert_nested_equal(resumed["optimizer"], latest["optimizer_state"], "optimizer A")
     assert resumed["leader_counts"] == latest["cdr_leader_counts"]
 
-    final = _load(fold / "checkpoint_final.pth")
+    final = load_checkpoint_file(fold / "checkpoint_final.pth")
     assert final["ssl_step"] == 6 and final["current_epoch"] == 2
     counts = final["cdr_leader_counts"]
     assert sum(counts.values()) == 6
@@ -64,7 +43,7 @@ def test_cdr_train_resume_predict(synthetic_nnunet):
     w = next(k for k in final["student_weights"] if k.startswith("net_b.") and k.endswith("weight"))
     assert not torch.equal(final["student_weights"][w], latest["student_weights"][w])
     # what prediction loads is the dual ensemble (both networks' weights)
-    _assert_equal(final["network_weights"], final["student_weights"], "network_weights")
+    assert_nested_equal(final["network_weights"], final["student_weights"], "network_weights")
     logging = final["logging"]
     for key in ("agreement", "a_led", "sup_b_loss", "review_loss", "cons_loss", "rkd_loss", "inter_loss",
                 "intra_loss", "inter_nce", "intra_nce", "pseudo_label_dice"):
@@ -74,9 +53,4 @@ def test_cdr_train_resume_predict(synthetic_nnunet):
     assert round(sum(logging["a_led"]) * 3) == counts["a"]
     assert (fold / "progress_ssl.png").is_file() and (fold / "validation" / "summary.json").is_file()
 
-    test_images = sorted((root / "raw" / DATASET_NAME / "imagesTs").glob("*_0000.nii.gz"))
-    assert len(test_images) == 2
-    for img in test_images:
-        seg, ref = sitk.ReadImage(str(pred / img.name.replace("_0000.nii.gz", ".nii.gz"))), sitk.ReadImage(str(img))
-        assert seg.GetSize() == ref.GetSize()
-        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+    assert_valid_predictions(pred, synthetic_nnunet)

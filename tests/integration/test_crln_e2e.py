@@ -1,30 +1,11 @@
 """CRLN end to end through the stock CLI: train (interrupted after epoch 0), `--c`, then `nnUNetv2_predict`."""
 import numpy as np
-import SimpleITK as sitk
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, run_cli
+from conftest import (DATASET_ID, DATASET_NAME, assert_nested_equal, assert_valid_predictions, load_checkpoint_file,
+                      run_cli)
 
 TRAINER = "nnUNetTrainerCRLN_tinyResume"  # nnUNetTrainerCRLN_tiny + crash/record hooks, checkpoint every epoch
-
-
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _assert_equal(a, b, where=""):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_equal(a[k], b[k], f"{where}/{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _assert_equal(x, y, f"{where}/{i}")
-    elif isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    else:
-        assert a == b, where
 
 
 def test_crln_train_resume_predict(synthetic_nnunet):
@@ -33,20 +14,20 @@ def test_crln_train_resume_predict(synthetic_nnunet):
     train = ["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"]
     proc = run_cli(train, dict(env, NNUNET_SSL_TEST_CRASH_AFTER_EPOCH="0"), expect_ok=False)
     assert proc.returncode != 0 and "simulated crash" in proc.stderr, proc.stderr[-3000:]
-    latest = _load(fold / "checkpoint_latest.pth")
+    latest = load_checkpoint_file(fold / "checkpoint_latest.pth")
     assert latest["current_epoch"] == 1 and latest["ssl_step"] == 3
     assert "rectifier" in latest["extra_optimizers"] and "cps_head.net.0.weight" in latest["extra_modules"]
 
     record = fold / "resumed_state.pt"
     run_cli(train + ["--c"], dict(env, NNUNET_SSL_TEST_RECORD_RESUME=str(record)))
-    resumed = _load(record)  # the trainer's state right after load_checkpoint
+    resumed = load_checkpoint_file(record)  # the trainer's state right after load_checkpoint
     assert resumed["ssl_step"] == 3 and resumed["current_epoch"] == 1 and resumed["teacher_step"] == 3
-    _assert_equal(resumed["student"], latest["student_weights"], "student")
-    _assert_equal(resumed["teacher"], latest["teacher_weights"]["teacher"], "teacher")
-    _assert_equal(resumed["extra_modules"], latest["extra_modules"], "extra_modules")
-    _assert_equal(resumed["extra_optimizers"], latest["extra_optimizers"], "extra_optimizers")  # a's momentum
+    assert_nested_equal(resumed["student"], latest["student_weights"], "student")
+    assert_nested_equal(resumed["teacher"], latest["teacher_weights"]["teacher"], "teacher")
+    assert_nested_equal(resumed["extra_modules"], latest["extra_modules"], "extra_modules")
+    assert_nested_equal(resumed["extra_optimizers"], latest["extra_optimizers"], "extra_optimizers")  # a's momentum
 
-    final = _load(fold / "checkpoint_final.pth")
+    final = load_checkpoint_file(fold / "checkpoint_final.pth")
     assert final["ssl_step"] == 6 and final["current_epoch"] == 2
     exported, student = final["network_weights"], final["student_weights"]
     # the exported teacher carries the DIM and the trained `a` (copied from the student, not averaged)
@@ -66,10 +47,5 @@ def test_crln_train_resume_predict(synthetic_nnunet):
     out = root / "predictions" / f"{TRAINER}_3d_fullres"
     run_cli(["nnUNetv2_predict", "-i", root / "raw" / DATASET_NAME / "imagesTs", "-o", out, "-d", DATASET_ID,
              "-c", "3d_fullres", "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
-             "--disable_progress_bar"], env)
-    images = sorted((root / "raw" / DATASET_NAME / "imagesTs").glob("*_0000.nii.gz"))
-    assert len(images) == 2
-    for img in images:
-        seg = sitk.ReadImage(str(out / img.name.replace("_0000.nii.gz", ".nii.gz")))
-        assert seg.GetSize() == sitk.ReadImage(str(img)).GetSize()
-        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+             "--disable_progress_bar", "--disable_tta"], env)  # TTA: 8x the CPU time, no new code path
+    assert_valid_predictions(out, synthetic_nnunet)

@@ -1,35 +1,21 @@
 """The stock nnU-Net commands, end to end, with the tiny Mean Teacher trainer."""
-import json
 
-import numpy as np
-import pytest
-import SimpleITK as sitk
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, run_cli, train_predict
+from conftest import (DATASET_ID, DATASET_NAME, assert_nested_equal, assert_valid_predictions, load_checkpoint_file,
+                      run_cli, train_predict)
 
 TRAINER = "nnUNetTrainerMeanTeacher_tiny"
 
 
-def _load(path):
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def _assert_states_equal(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for k in a:
-        if isinstance(a[k], torch.Tensor):
-            assert torch.equal(a[k], b[k]), k
-
-
 def _check_run(fold, pred, synthetic_nnunet):
-    final = _load(fold / "checkpoint_final.pth")
+    final = load_checkpoint_file(fold / "checkpoint_final.pth")
     # semi-supervised state is in the checkpoint, and what is exported is the teacher
     for key in ("student_weights", "teacher_weights", "extra_modules", "extra_optimizers", "ssl_step"):
         assert key in final
     assert final["ssl_step"] == 2 * 3 and final["current_epoch"] == 2
     assert final["teacher_weights"]["teacher"]["_extra_state"]["step"] == 6
-    _assert_states_equal(final["network_weights"],
+    assert_nested_equal(final["network_weights"],
                          {k[len("module."):]: v for k, v in final["teacher_weights"]["teacher"].items()
                           if k.startswith("module.")})
     # teacher and student differ after training (EMA lags behind)
@@ -42,14 +28,7 @@ def _check_run(fold, pred, synthetic_nnunet):
     assert all(0 <= v <= 1 for v in logging["pseudo_label_dice"])
     assert (fold / "progress_ssl.png").is_file() and (fold / "progress.png").is_file()
     assert (fold / "validation" / "summary.json").is_file()
-    # predictions for every test image, with the image's geometry and valid labels
-    test_images = sorted((synthetic_nnunet["root"] / "raw" / DATASET_NAME / "imagesTs").glob("*_0000.nii.gz"))
-    assert len(test_images) == 2
-    for img in test_images:
-        seg_file = pred / img.name.replace("_0000.nii.gz", ".nii.gz")
-        seg, ref = sitk.ReadImage(str(seg_file)), sitk.ReadImage(str(img))
-        assert seg.GetSize() == ref.GetSize()
-        assert set(np.unique(sitk.GetArrayFromImage(seg))) <= {0, 1, 2}
+    assert_valid_predictions(pred, synthetic_nnunet)
 
 
 def test_3d_interrupted_resumed_and_predicted(synthetic_nnunet):
@@ -62,16 +41,16 @@ def test_3d_interrupted_resumed_and_predicted(synthetic_nnunet):
     proc = run_cli(["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], crash_env,
                    expect_ok=False)
     assert proc.returncode != 0 and "simulated crash" in proc.stderr
-    latest = _load(fold / "checkpoint_latest.pth")
+    latest = load_checkpoint_file(fold / "checkpoint_latest.pth")
     assert latest["current_epoch"] == 1 and latest["ssl_step"] == 3
     record = fold / "resumed_state.pt"
     fold_, pred = train_predict(synthetic_nnunet, trainer, "3d_fullres",
                                 extra_train_args=["--c"], env_overrides={"NNUNET_SSL_TEST_RECORD_RESUME": record})
     assert fold_ == fold
-    resumed = _load(record)  # the trainer's state right after load_checkpoint
+    resumed = load_checkpoint_file(record)  # the trainer's state right after load_checkpoint
     assert resumed["ssl_step"] == 3 and resumed["current_epoch"] == 1 and resumed["teacher_step"] == 3
-    _assert_states_equal(resumed["teacher"], latest["teacher_weights"]["teacher"])
-    _assert_states_equal(resumed["student"], latest["student_weights"])
+    assert_nested_equal(resumed["teacher"], latest["teacher_weights"]["teacher"])
+    assert_nested_equal(resumed["student"], latest["student_weights"])
     _check_run(fold, pred, synthetic_nnunet)
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nnunet_ssl.augment.strong import StrongAugmentation, StrongViewParams, cutmix_boxes
+from nnunet_ssl.augment.strong import StrongAugmentation, cutmix_boxes
 
 
 def test_cutmix_box_geometry_3d():
