@@ -14,3 +14,5 @@ fi
   | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" -c "import nnunetv2, nnunet_ssl.trainers" || { echo "installation failed" >&2; exit 1; }
 export PATH="$VENV/bin:$PATH"
+# nnU-Net's progress bars and our tables (±) are UTF-8, whatever the machine's locale says
+export PYTHONUTF8=1

@@ -74,7 +74,7 @@ def assert_valid_predictions(prediction_folder: Path, synthetic_nnunet, labels=(
 def run_cli(args, env, timeout=900, expect_ok=True):
     """Run a console script from this environment; on failure show its output in the assertion message."""
     cmd = [str(BIN / args[0])] + [str(a) for a in args[1:]]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
     if expect_ok:
         assert proc.returncode == 0, (f"{' '.join(cmd)} failed ({proc.returncode})\n--- stdout\n"
                                       f"{proc.stdout[-6000:]}\n--- stderr\n{proc.stderr[-6000:]}")

@@ -18,7 +18,7 @@ CPU_ARGS = ["-c", "2d", "--device", "cpu", "--num-threads", "1"]
 
 def run_script(script, args, env, expect_ok=True):
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / script), *[str(a) for a in args]], env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=900)
     if expect_ok:
         assert proc.returncode == 0, (f"{script} failed ({proc.returncode})\n--- stdout\n{proc.stdout[-6000:]}\n"
                                       f"--- stderr\n{proc.stderr[-6000:]}")

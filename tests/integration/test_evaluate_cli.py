@@ -71,7 +71,7 @@ def test_cli_end_to_end_outputs_are_consistent(folders, tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "nnunet_ssl.evaluation.evaluate", "-ref", str(ref_dir), "-pred", str(pred_dir),
          "-o", str(out_dir), "--bootstrap", "20", "--seed", "7"],
-        cwd=REPO_ROOT, capture_output=True, text=True)
+        cwd=REPO_ROOT, capture_output=True, encoding="utf-8", errors="replace")
     assert completed.returncode == 0, completed.stderr
     result, rows, markdown = read_outputs(out_dir)
 

@@ -15,7 +15,7 @@ def _lookup(name, env_value):
     env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
     if env_value is not None:
         env["nnUNet_extTrainer"] = env_value
-    return subprocess.run([sys.executable, "-c", LOOKUP, name], env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", LOOKUP, name], env=env, capture_output=True, encoding="utf-8", errors="replace")
 
 
 def test_found_with_shim_and_pickles():
