@@ -15,7 +15,7 @@ echo "== device: $DEVICE, work folder: $WORK"
 
 if [ ! -d "$nnUNet_raw/Dataset990_SyntheticSSL" ]; then
   python "$REPO/dataset_conversion/generate_synthetic_dataset.py" -d 990 --labeled 12 --unlabeled 12 --test 6 \
-    --shape 48 48 48
+    --shape 32 32 32
 fi
 if [ ! -f "$nnUNet_preprocessed/Dataset990_SyntheticSSL/nnUNetPlans.json" ]; then
   nnUNetv2_plan_and_preprocess -d 990 -c 3d_fullres -np 2 --verify_dataset_integrity
