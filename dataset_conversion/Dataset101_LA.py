@@ -21,7 +21,6 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 
 
 
@@ -46,19 +45,7 @@ def _find_list(input_folder: Path, explicit: Optional[str], name: str) -> Option
 
 def read_la_case(h5_file: Path):
     """(image, label) arrays with axes (x, y, z), validated."""
-    import h5py
-
-    C.require_file(h5_file, "LA h5 file")
-    with h5py.File(h5_file, "r") as f:
-        for key in ("image", "label"):
-            if key not in f:
-                raise C.ConversionError(f"{h5_file} has no dataset {key!r} (found {sorted(f.keys())})")
-        image, label = f["image"][()], f["label"][()]
-    if image.ndim != 3 or image.shape != label.shape:
-        raise C.ConversionError(f"{h5_file}: image shape {image.shape} and label shape {label.shape} must be the "
-                                f"same 3D shape")
-    C.check_label_values(label, {0, 1}, f"{h5_file} (dataset 'label')")
-    return image.astype(np.float32, copy=False), label.astype(np.uint8)
+    return C.read_h5_image_label(h5_file)
 
 
 def convert(input_folder: str, output: Optional[str] = None, dataset_id: int = DATASET_ID,

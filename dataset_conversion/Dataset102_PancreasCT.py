@@ -36,7 +36,6 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import SimpleITK as sitk
 
 
@@ -165,20 +164,10 @@ def convert(input_folder: str, output: Optional[str] = None, dataset_id: int = D
     def load_case(cid):
         number = number_of[cid]
         if source_format == "h5":
-            import h5py
             h5_file = available[number]
-            with h5py.File(h5_file, "r") as f:
-                for key in ("image", "label"):
-                    if key not in f:
-                        raise C.ConversionError(f"{h5_file} has no dataset {key!r} (found {sorted(f.keys())})")
-                image, label = f["image"][()], f["label"][()]
-            if image.ndim != 3 or image.shape != label.shape:
-                raise C.ConversionError(f"{h5_file}: image {image.shape} and label {label.shape} must be the same "
-                                        f"3D shape")
-            C.check_label_values(label, {0, 1}, f"{h5_file} (dataset 'label')")
+            image, label = C.read_h5_image_label(h5_file)
             spacing = (h5_spacing,) * 3
-            return ([C.image_from_xyz_array(image.astype(np.float32), spacing)],
-                    C.image_from_xyz_array(label.astype(np.uint8), spacing),
+            return ([C.image_from_xyz_array(image, spacing)], C.image_from_xyz_array(label, spacing),
                     {"image": h5_file, "label": f"{h5_file} (dataset 'label')"})
         dicom_folder, label_path = available[number]
         image = read_dicom_series(dicom_folder)

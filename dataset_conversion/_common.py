@@ -165,6 +165,23 @@ def check_label_values(label: sitk.Image | np.ndarray, allowed: Iterable[int], f
                               f"{sorted(allowed)}")
 
 
+def read_h5_image_label(h5_file: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(image float32, label uint8) of an SSL-release h5 file (datasets ``image``/``label``, same 3D shape,
+    binary labels), as the LA and Pancreas releases store them."""
+    import h5py
+    require_file(Path(h5_file), "h5 file")
+    with h5py.File(h5_file, "r") as f:
+        for key in ("image", "label"):
+            if key not in f:
+                raise ConversionError(f"{h5_file} has no dataset {key!r} (found {sorted(f.keys())})")
+        image, label = f["image"][()], f["label"][()]
+    if image.ndim != 3 or image.shape != label.shape:
+        raise ConversionError(f"{h5_file}: image shape {image.shape} and label shape {label.shape} must be the "
+                              f"same 3D shape")
+    check_label_values(label, {0, 1}, f"{h5_file} (dataset 'label')")
+    return image.astype(np.float32, copy=False), label.astype(np.uint8)
+
+
 def check_same_geometry(reference: sitk.Image, other: sitk.Image, reference_file, other_file,
                         check_physical: bool = True) -> None:
     if reference.GetSize() != other.GetSize():
