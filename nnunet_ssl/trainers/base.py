@@ -117,6 +117,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         self.ssl_step = 0  # optimizer steps so far; drives ramps and method schedules
         self.hidden_truth_cases = set()
         self._compiled_modules = {}
+        self._compile_modules = None  # decided on first use by maybe_compiled
 
     # ------------------------------------------------------------------------------------------------- set-up
     def initialize(self):
@@ -154,13 +155,21 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         """{name: (optimizer, lr scheduler or None)} for parameters the main optimizer must not touch."""
         return {}
 
+    def maybe_compiled(self, key: str, module: nn.Module, enabled: bool = True) -> nn.Module:
+        """``module`` compiled once (cached under ``key``) when nnU-Net compiles this run, else ``module``.
+
+        For modules called outside ``self.network`` (teachers, dual sub-networks). Whether to compile is decided
+        once: ``_do_i_compile`` reads the environment and logs a line per call on some devices."""
+        if self._compile_modules is None:
+            self._compile_modules = self._do_i_compile()
+        if not (enabled and self._compile_modules):
+            return module
+        if key not in self._compiled_modules:
+            self._compiled_modules[key] = torch.compile(module)
+        return self._compiled_modules[key]
+
     def teacher_forward(self, x: torch.Tensor, name: str = "teacher"):
-        teacher = self.teachers[name]
-        if self.compile_teacher and self._do_i_compile():
-            if name not in self._compiled_modules:
-                self._compiled_modules[name] = torch.compile(teacher.module)
-            return self._compiled_modules[name](x)
-        return teacher(x)
+        return self.maybe_compiled(name, self.teachers[name].module, self.compile_teacher)(x)
 
     # ------------------------------------------------------------------------------------------- unlabelled data
     def get_unlabeled_sources(self) -> Dict[str, List[str]]:
@@ -400,6 +409,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             self.print_to_log_file("Checkpoint has no semi-supervised state (stock nnU-Net checkpoint?): teachers "
                                    "start as copies of the loaded network.")
             self.teachers = self.build_teachers()
+            self._compiled_modules.clear()  # compiled copies of the replaced teachers
             return
         self.student.load_state_dict(loaded["student_weights"])
         for k, state in loaded["teacher_weights"].items():

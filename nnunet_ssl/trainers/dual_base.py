@@ -92,21 +92,13 @@ class nnUNetTrainerDualSSL(nnUNetTrainerSSL):
     def optimizers_for_main_loss(self) -> List[torch.optim.Optimizer]:
         return [self.optimizer, self.extra_optimizers["net_b"]]
 
+    # the sub-networks are called directly (the DDP/compile wrapper around DualNetwork only serves validation),
+    # so they are compiled on their own when nnU-Net compiles
     def forward_a(self, x):
-        return self._maybe_compiled("net_a")(x)
+        return self.maybe_compiled("net_a", self.student.net_a)(x)
 
     def forward_b(self, x):
-        return self._maybe_compiled("net_b")(x)
-
-    def _maybe_compiled(self, name):
-        # the sub-networks are called directly (the DDP/compile wrapper around DualNetwork only serves validation),
-        # so compile them on their own when nnU-Net would compile
-        net = getattr(self.student, name)
-        if not self._do_i_compile():
-            return net
-        if name not in self._compiled_modules:
-            self._compiled_modules[name] = torch.compile(net)
-        return self._compiled_modules[name]
+        return self.maybe_compiled("net_b", self.student.net_b)(x)
 
     def parameters_outside_ddp(self):
         # the sub-networks bypass DDP's forward, so DDP never averages their gradients

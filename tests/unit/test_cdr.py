@@ -192,7 +192,7 @@ def bare_trainer(cls, **attrs):
     t.loss = DeepSupervisionWrapper(DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {},
                                                    dice_class=MemoryEfficientSoftDiceLoss), [1.0, 0.5])
     t.ssl_step, t.num_epochs, t.num_iterations_per_epoch = 0, 1, 10
-    t._compiled_modules = {}
+    t._compiled_modules, t._compile_modules = {}, None
     t._do_i_compile = lambda: False
     t.extra_modules = torch.nn.ModuleDict(t.build_extra_modules())
     t._setup_feature_taps()
