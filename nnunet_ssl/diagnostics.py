@@ -1,24 +1,38 @@
 """Per-epoch semi-supervised diagnostics: pseudo-label quality and a progress plot beside nnU-Net's."""
 import math
-from typing import Dict, Iterable, Sequence
+from typing import Dict, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
 
 
-def mean_foreground_dice(pred: torch.Tensor, truth: torch.Tensor, num_classes: int) -> torch.Tensor:
+def mean_foreground_dice(pred: torch.Tensor, truth: torch.Tensor, num_classes: int,
+                         valid: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Hard Dice averaged over foreground classes present in ``pred`` or ``truth``, pooled over the batch.
 
-    pred, truth: integer label maps of equal shape. Returns NaN (as a tensor) when no foreground class occurs,
-    so epoch means can skip it with nanmean."""
+    pred, truth: integer label maps of equal shape; ``valid`` (same shape, bool): the voxels to count (a mask
+    rather than boolean indexing, so no host-device sync). Returns NaN (as a tensor) when no foreground class
+    occurs, so epoch means can skip it with nanmean."""
     dices = []
     for c in range(1, num_classes):
         p, t = pred == c, truth == c
+        if valid is not None:
+            p, t = p & valid, t & valid
         denom = p.sum() + t.sum()
         dices.append(torch.where(denom > 0, 2.0 * (p & t).sum() / denom.clamp_min(1), torch.nan))
     if not dices:
-        return torch.tensor(torch.nan, device=pred.device)
+        return torch.full((), torch.nan, device=pred.device)
     return torch.nanmean(torch.stack(dices).float())
+
+
+def pseudo_label_dice(pseudo_labels: torch.Tensor, truth_u: Optional[torch.Tensor], num_classes: int,
+                      valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Dice of pseudo-labels against the hidden reference masks (``truth_u``: -1 where a sample has none, or
+    None for a batch without any); ``valid`` restricts it further (e.g. to confident voxels). NaN when unknown."""
+    if truth_u is None:
+        return torch.full((), torch.nan, device=pseudo_labels.device)
+    known = truth_u >= 0
+    return mean_foreground_dice(pseudo_labels, truth_u, num_classes, known if valid is None else known & valid)
 
 
 def plot_ssl_progress(logging: Dict[str, list], keys: Sequence[str], output_file: str) -> None:

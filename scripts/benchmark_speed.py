@@ -13,6 +13,11 @@ optimizer, loaders), and timed in two phases:
 * without data loading: the first batch of every stream is moved to the device once and handed out again and again
   (the idea of nnU-Net's ``nnUNetTrainerBenchmark_5epochs_noDataLoading``), so only the device work is timed.
 
+After the timed phases one more (untimed) step runs with ``nnunet_ssl.sync_audit.HostSyncAudit`` around the loss
+code (``compute_losses``, or nnU-Net's loss for ``nnUNetTrainer``) and reports how many times, and where, it makes
+the host wait for the GPU (``.item()``, ``nonzero``, boolean-mask indexing, host copies); this count is the same on
+a CPU as on a GPU.
+
 Warm-up iterations (also covering ``torch.compile``) come before each phase. Peak GPU memory is
 ``torch.cuda.max_memory_allocated`` over both phases ("n/a" on CPU). No checkpoint is written and no training is
 finished (``on_train_end`` is not called; the loaders are shut down directly); the trainers' output folders (logs,
@@ -235,6 +240,31 @@ def _run_phase(trainer, n_warmup: int, n_iters: int, synchronize) -> Tuple[dict,
     return _statistics(seconds), sum(t.wait_s for t in timed.values())
 
 
+def audit_loss_code(trainer) -> dict:
+    """One extra (untimed) train step with ``nnunet_ssl.sync_audit.HostSyncAudit`` around the loss code: the
+    semi-supervised trainers' ``compute_losses`` (every forward and loss before the backward), or nnU-Net's loss
+    for ``nnUNetTrainer``. Returns the number of host-device synchronisation points and where they are."""
+    from nnunet_ssl.sync_audit import HostSyncAudit
+    audit = HostSyncAudit()
+    name = "compute_losses" if hasattr(trainer, "compute_losses") else "loss"
+    original = getattr(trainer, name)
+
+    def audited(*args, **kwargs):
+        with audit:
+            return original(*args, **kwargs)
+
+    setattr(trainer, name, audited)
+    try:
+        trainer.train_step(next(trainer.dataloader_train))
+    finally:
+        if name == "compute_losses":
+            delattr(trainer, name)  # back to the class's method
+        else:
+            setattr(trainer, name, original)
+    return {"audited": name, "count": len(audit.events),
+            "sites": {f"{op} at {where}": n for (op, where), n in audit.summary().most_common()}}
+
+
 def benchmark_trainer(trainer_class, args, device) -> dict:
     import torch
     cuda = device.type == "cuda"
@@ -276,6 +306,7 @@ def benchmark_trainer(trainer_class, args, device) -> dict:
         finally:
             for k, loader in loaders.items():
                 setattr(trainer, k, loader)
+        result["loss_code_syncs"] = audit_loss_code(trainer)
         result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30 if cuda else None
         result["peak_gpu_memory_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2 ** 30 if cuda else None
         return result
@@ -303,7 +334,7 @@ def format_table(results: Dict[str, dict]) -> str:
         return "n/a" if value is None else format(value, fmt)
 
     header = ["Trainer", "batch (l+u)", "ms/it with loading", "ratio", "ms/it no loading", "ratio",
-              "waiting for data", "peak GPU mem (GiB)"]
+              "waiting for data", "peak GPU mem (GiB)", "host syncs in loss code"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     notes = []
     for name, r in results.items():
@@ -318,7 +349,9 @@ def format_table(results: Dict[str, dict]) -> str:
             num(w["ratio_to_nnUNetTrainer"], ".2f") + ("×" if w["ratio_to_nnUNetTrainer"] else ""),
             f"{n['ms_per_iter_mean']:.1f} ± {n['ms_per_iter_std']:.1f}",
             num(n["ratio_to_nnUNetTrainer"], ".2f") + ("×" if n["ratio_to_nnUNetTrainer"] else ""),
-            f"{100 * w['data_wait_share']:.1f} %", num(r["peak_gpu_memory_gib"], ".2f")]) + " |")
+            f"{100 * w['data_wait_share']:.1f} %", num(r["peak_gpu_memory_gib"], ".2f"),
+            str(r["loss_code_syncs"]["count"])]) + " |")
+        notes.extend(f"{name}: {n}× {site}" for site, n in r["loss_code_syncs"]["sites"].items())
     return "\n".join(lines) + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "") + "\n"
 
 
@@ -379,8 +412,8 @@ def main(argv=None) -> int:
     table = format_table(results)
     header = (f"Speed benchmark: dataset {args.d}, configuration {args.c}, plans {args.p}, fold {args.fold}; "
               f"{args.iters} timed iterations after {args.warmup} warm-up per phase; {info['device_name']}, "
-              f"torch {info['torch']}, nnU-Net {info['nnunetv2']}, {info['nnUNet_n_proc_DA']} augmentation workers "
-              f"per stream, {info['date']}.")
+              f"torch {info['torch']}, nnU-Net {info['nnunetv2']}, nnUNet_n_proc_DA={info['nnUNet_n_proc_DA']} "
+              f"augmentation workers (shared by the two streams of the semi-supervised trainers), {info['date']}.")
     if device.type != "cuda":
         header += " CPU run: timings check the mechanics only, they say nothing about GPU training."
     report = {"settings": {"dataset": args.d, "configuration": args.c, "plans": args.p, "fold": args.fold,

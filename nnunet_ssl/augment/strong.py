@@ -9,6 +9,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
+from nnunet_ssl.sync_audit import host_only
+
 
 def cutmix_boxes(batch_size: int, spatial_shape: Sequence[int], area_ratio_range: Tuple[float, float],
                  through_plane_axis: Optional[int] = None, generator: Optional[torch.Generator] = None,
@@ -27,14 +29,15 @@ def cutmix_boxes(batch_size: int, spatial_shape: Sequence[int], area_ratio_range
     if not 0 <= lo <= hi <= 1:
         raise ValueError(f"area_ratio_range must satisfy 0 <= lo <= hi <= 1, got {area_ratio_range}")
     for b in range(batch_size):
-        frac = lo + (hi - lo) * torch.rand((), generator=generator).item()
-        side_frac = frac ** (1.0 / len(mixed_axes))
         slices = [slice(None)] * ndim
-        for a in mixed_axes:
-            size = int(spatial_shape[a])
-            side = min(size, max(0, int(round(size * side_frac))))
-            start = int(torch.randint(0, size - side + 1, (1,), generator=generator).item())
-            slices[a] = slice(start, start + side)
+        with host_only():  # box geometry is drawn on the host; only the slice assignment touches the device
+            frac = lo + (hi - lo) * torch.rand((), generator=generator).item()
+            side_frac = frac ** (1.0 / len(mixed_axes))
+            for a in mixed_axes:
+                size = int(spatial_shape[a])
+                side = min(size, max(0, int(round(size * side_frac))))
+                start = int(torch.randint(0, size - side + 1, (1,), generator=generator).item())
+                slices[a] = slice(start, start + side)
         masks[(b, *slices)] = True
     return masks
 
@@ -84,11 +87,13 @@ class StrongAugmentation:
         spatial = images.shape[2:]
         params = StrongViewParams()
         out = images
-        if b > 1 and self.p_cutmix > 0 and torch.rand((), generator=generator).item() < self.p_cutmix:
+        with host_only():
+            mix = b > 1 and self.p_cutmix > 0 and torch.rand((), generator=generator).item() < self.p_cutmix
             # a derangement-free random permutation: roll by a random non-zero offset so every sample gets a
             # partner other than itself (CRLN's plain permutation is the identity half the time for B=2)
-            shift = int(torch.randint(1, b, (1,), generator=generator).item())
-            partner = torch.roll(torch.arange(b), shift).to(images.device)
+            shift = int(torch.randint(1, b, (1,), generator=generator).item()) if mix else 0
+        if mix:
+            partner = torch.roll(torch.arange(b, device=images.device), shift)
             mask = cutmix_boxes(b, spatial, self.cutmix_area_ratio, self.cutmix_through_plane_axis, generator,
                                 device=images.device)
             out = torch.where(mask[:, None], out[partner], out)
@@ -102,9 +107,11 @@ class StrongAugmentation:
         dev, dt = images.device, images.dtype
 
         def per_sample(p, lo, hi):
-            apply = torch.rand(b, generator=generator) < p
-            factor = lo + (hi - lo) * torch.rand(b, generator=generator)
-            return torch.where(apply, factor, torch.ones(b)).to(dev, dt).view(view), apply.to(dev).view(view)
+            with host_only():  # drawn on the host, copied without waiting for the device
+                apply = torch.rand(b, generator=generator) < p
+                factor = torch.where(apply, lo + (hi - lo) * torch.rand(b, generator=generator), torch.ones(b))
+            return (factor.to(dev, dt, non_blocking=True).view(view),
+                    apply.to(dev, non_blocking=True).view(view))
 
         dims = tuple(range(1, images.ndim))
         mean = images.mean(dim=dims, keepdim=True)
@@ -120,7 +127,8 @@ class StrongAugmentation:
             _, apply = per_sample(self.p_noise, 1.0, 1.0)
             # drawn on the device unless a (CPU) generator pins the randomness for tests
             noise = torch.randn(images.shape, generator=generator,
-                                device='cpu' if generator is not None else dev).to(dev, dt) * self.noise_std
+                                device='cpu' if generator is not None else dev).to(dev, dt, non_blocking=True)
+            noise = noise * self.noise_std
             noise = noise.clamp(-self.noise_clip, self.noise_clip) * std
             out = out + noise * apply
         return out

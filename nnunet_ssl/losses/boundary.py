@@ -102,7 +102,7 @@ def sample_voxels(candidates: torch.Tensor, generator: Optional[torch.Generator]
     flat = candidates.flatten(1)
     counts = flat.sum(dim=1)
     gen_device = generator.device if generator is not None else candidates.device
-    u = torch.rand(n, generator=generator, device=gen_device).to(candidates.device)
+    u = torch.rand(n, generator=generator, device=gen_device).to(candidates.device, non_blocking=True)
     rank = torch.minimum((u * counts).long(), (counts - 1).clamp_min(0))
     # int32 is exact for up to 2^31 voxels and halves the memory of the running count
     running = flat.cumsum(dim=1, dtype=torch.int32)
@@ -144,7 +144,7 @@ def centre_regions(whole: torch.Tensor, erosion_iterations: int, keep_largest_co
     if keep_largest_component:
         host = masks.cpu().numpy()
         kept = np.stack([keep_largest_connected_component(m) if m.any() else m for m in host])
-        masks = torch.from_numpy(kept).to(whole.device)
+        masks = torch.from_numpy(kept).to(whole.device, non_blocking=True)
     return masks.reshape(*lead, *spatial)
 
 

@@ -5,6 +5,8 @@ from typing import Dict, Tuple
 import torch
 from torch.nn import functional as F
 
+from nnunet_ssl.losses.one_hot import one_hot
+
 
 def class_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int
                      ) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -18,8 +20,7 @@ def class_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: 
                          f"(expected (B, F, *spatial) and (B, *spatial))")
     flat_f = features.reshape(features.shape[0], features.shape[1], -1)
     flat_l = labels.reshape(labels.shape[0], -1)
-    onehot = F.one_hot(flat_l.clamp_min(0), num_classes).to(flat_f.dtype)  # (B, N, K)
-    onehot = onehot * (flat_l >= 0).unsqueeze(-1).to(flat_f.dtype)
+    onehot = one_hot(flat_l, num_classes, dim=-1, dtype=flat_f.dtype)  # (B, N, K); -1 rows are all zero
     sums = torch.bmm(flat_f, onehot).sum(0).t()                         # (K, F)
     counts = onehot.sum((0, 1))
     return sums / counts.clamp_min(1.0).unsqueeze(1), counts

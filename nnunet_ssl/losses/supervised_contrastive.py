@@ -18,15 +18,15 @@ def supervised_contrastive_loss(anchors: torch.Tensor, candidates: torch.Tensor,
 
     anchors (N, D), candidates (M, D) — cosine similarities, computed in fp32 (AMP-safe);
     candidate_mask (N, M) bool: the denominator set of each anchor (exclude the anchor itself here);
-    positive_mask (N, M) bool: positives, a subset of the candidates (checked).
+    positive_mask (N, M) bool: positives; only those that are also candidates count (intersected on the device
+    rather than checked, which would cost a host-device sync per call).
     Returns 0 with a graph when no anchor has a positive."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if candidate_mask.shape != (anchors.shape[0], candidates.shape[0]) or positive_mask.shape != candidate_mask.shape:
         raise ValueError(f"masks must be (N, M) = ({anchors.shape[0]}, {candidates.shape[0]}), got "
                          f"{tuple(candidate_mask.shape)} and {tuple(positive_mask.shape)}")
-    if (positive_mask & ~candidate_mask).any():
-        raise ValueError("every positive must also be a candidate (positive_mask ⊆ candidate_mask)")
+    positive_mask = positive_mask & candidate_mask
     a = F.normalize(anchors.float(), dim=-1)
     c = F.normalize(candidates.float(), dim=-1)
     logits = a @ c.t() / temperature

@@ -16,6 +16,7 @@ tiny test variants are subclasses that override them.
 """
 import contextlib
 import copy
+from unittest import mock
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -25,6 +26,7 @@ from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMu
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as nnunet_trainer_module
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
@@ -35,6 +37,21 @@ from nnunet_ssl.data.unlabeled_dataset import UnlabeledDataset, read_manifest, u
 from nnunet_ssl.diagnostics import nanmean_or_nan, plot_ssl_progress
 from nnunet_ssl.modules.ema import EMATeacher, unwrap_network
 from nnunet_ssl.ramps import sigmoid_rampup
+from nnunet_ssl.sync_audit import host_only
+
+
+def tensors_to_host_floats(values: List) -> List[float]:
+    """Scalars (device tensors, host tensors or numbers) as floats with a single device-to-host copy: the step's
+    only synchronisation (host values are never sent to the device and back)."""
+    on_device = [i for i, v in enumerate(values) if isinstance(v, torch.Tensor) and v.device.type != "cpu"]
+    with host_only():  # host values: no device involved
+        floats = [None if i in on_device else float(v.detach() if isinstance(v, torch.Tensor) else v)
+                  for i, v in enumerate(values)]
+    if on_device:
+        copied = torch.stack([values[i].detach().float().reshape(()) for i in on_device]).cpu().tolist()
+        for i, v in zip(on_device, copied):
+            floats[i] = v
+    return floats
 
 
 def first_output(output):
@@ -74,6 +91,10 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     unlabeled_ratio: float = 1.0                 # unlabelled : labelled samples per iteration
     use_split_unlabeled_cases: bool = True       # the `unlabeled` cases of splits_final.json
     use_imagesUnlabeled: bool = True             # cases preprocessed by nnUNetv2_ssl_preprocess_unlabeled
+    # 'shared': the labelled and unlabelled streams split nnU-Net's augmentation workers (nnUNet_n_proc_DA) in
+    # proportion to their batch sizes, so two streams do not put twice nnU-Net's processes on the CPU;
+    # 'per_stream': each stream gets the full number (for machines with many spare cores)
+    augmentation_workers: str = "shared"
     # --- teachers ---------------------------------------------------------------------------------------------
     ema_decay: float = 0.99                      # EMA decay, warmed up as min(1 - 1/(t+1), decay)
     num_teachers_needed: int = 1                 # methods without a teacher (dual students) set 0
@@ -168,8 +189,9 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             self._compiled_modules[key] = torch.compile(module)
         return self._compiled_modules[key]
 
-    def teacher_forward(self, x: torch.Tensor, name: str = "teacher"):
-        return self.maybe_compiled(name, self.teachers[name].module, self.compile_teacher)(x)
+    def teacher_forward(self, x: torch.Tensor, name: str = "teacher", **kwargs):
+        """Forward of teacher ``name`` (compiled when nnU-Net compiles); keyword arguments go to its network."""
+        return self.maybe_compiled(name, self.teachers[name].module, self.compile_teacher)(x, **kwargs)
 
     # ------------------------------------------------------------------------------------------- unlabelled data
     def get_unlabeled_sources(self) -> Dict[str, List[str]]:
@@ -202,9 +224,29 @@ class nnUNetTrainerSSL(nnUNetTrainer):
                 f"training cases with `nnUNetv2_ssl_split -d {self.plans_manager.dataset_name} --labeled N`.")
         return sources
 
+    def unlabeled_batch_size_per_step(self) -> int:
+        return self.unlabeled_batch_size or max(1, int(round(self.batch_size * self.unlabeled_ratio)))
+
+    def augmentation_worker_counts(self) -> Tuple[int, int]:
+        """(labelled, unlabelled) augmentation processes; 0 means in-process loading for both."""
+        total = get_allowed_n_proc_DA()
+        if total == 0 or self.augmentation_workers == "per_stream":
+            return total, total
+        if self.augmentation_workers != "shared":
+            raise ValueError(f"{type(self).__name__}.augmentation_workers must be 'shared' or 'per_stream', got "
+                             f"{self.augmentation_workers!r}")
+        labeled, unlabeled = self.batch_size, self.unlabeled_batch_size_per_step()
+        n_labeled = max(1, int(round(total * labeled / (labeled + unlabeled))))
+        return n_labeled, max(1, total - n_labeled)
+
     def get_dataloaders(self):
-        dl_train, dl_val = super().get_dataloaders()
+        n_labeled, self._unlabeled_workers = self.augmentation_worker_counts()
+        # nnU-Net's loaders read their worker count from get_allowed_n_proc_DA (validation gets half of it)
+        with mock.patch.object(nnunet_trainer_module, "get_allowed_n_proc_DA", lambda: n_labeled):
+            dl_train, dl_val = super().get_dataloaders()
         self.dataloader_unlabeled = self.get_unlabeled_dataloader()
+        self.print_to_log_file(f"Augmentation workers: {n_labeled} labelled, {self._unlabeled_workers} unlabelled "
+                               f"({self.augmentation_workers}; nnUNet_n_proc_DA={get_allowed_n_proc_DA()})")
         return dl_train, dl_val
 
     def get_unlabeled_dataloader(self):
@@ -217,14 +259,15 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             foreground_labels=self.label_manager.foreground_labels, regions=None,
             ignore_label=self.label_manager.ignore_label)
         dataset = UnlabeledDataset(self.get_unlabeled_sources())
-        batch_size = self.unlabeled_batch_size or max(1, int(round(self.batch_size * self.unlabeled_ratio)))
+        batch_size = self.unlabeled_batch_size_per_step()
         loader = nnUNetDataLoader(dataset, batch_size, initial_patch_size, self.configuration_manager.patch_size,
                                   self.label_manager, oversample_foreground_percent=0.0, transforms=transforms)
         loader.has_ignore = False  # no label positions to centre patches on
         self.print_to_log_file(f"Unlabelled stream: {len(dataset.identifiers)} cases, batch size {batch_size} "
                                f"({len(self.hidden_truth_cases & set(dataset.identifiers))} with hidden reference "
                                f"masks for diagnostics)")
-        n_proc = get_allowed_n_proc_DA()
+        n_proc = getattr(self, "_unlabeled_workers", None)
+        n_proc = self.augmentation_worker_counts()[1] if n_proc is None else n_proc
         if n_proc == 0:
             augmenter = SingleThreadedAugmenter(loader, None)
         else:
@@ -272,8 +315,9 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         has = [k in self.hidden_truth_cases for k in batch_u["keys"]]
         if not any(has):
             return None
-        seg = first_output(batch_u["target"])[:, 0].long()
-        seg[torch.tensor([not h for h in has])] = -1
+        with host_only():  # the loader's target is still on the host here
+            seg = first_output(batch_u["target"])[:, 0].long()
+            seg[torch.tensor([not h for h in has])] = -1
         return seg.to(self.device, non_blocking=True)
 
     def compute_losses(self, data_l, target_l, data_u, truth_u) -> Tuple[Dict[str, torch.Tensor],
@@ -337,8 +381,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         names = ["loss", "total_loss"] + [f"{k}_loss" if k != "sup" else "sup_loss" for k in losses] + \
             list(diagnostics)
         values = [losses["sup"], total] + list(losses.values()) + list(diagnostics.values())
-        values = torch.stack([torch.as_tensor(v, device=self.device).detach().float().reshape(()) for v in values])
-        return dict(zip(names, values.cpu().numpy()))
+        return dict(zip(names, tensors_to_host_floats(values)))
 
     # ------------------------------------------------------------------------------------------------ logging
     def on_train_epoch_start(self):

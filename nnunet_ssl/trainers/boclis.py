@@ -36,7 +36,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nnunet_ssl.augment.strong import StrongAugmentation
-from nnunet_ssl.diagnostics import mean_foreground_dice
+from nnunet_ssl.diagnostics import pseudo_label_dice
 from nnunet_ssl.losses.boundary import REGION_NAMES, crop_masked_patches, extract_regions
 from nnunet_ssl.losses.supervised_contrastive import supervised_contrastive_loss
 from nnunet_ssl.modules.ema import EMATeacher
@@ -138,12 +138,13 @@ def encode_patches(encoder: nn.Module, patches: torch.Tensor, depth: int) -> tor
 def boclis_contrastive_loss(embeddings: torch.Tensor, image_index: torch.Tensor, class_index: torch.Tensor,
                             region_index: torch.Tensor, temperature: float, anchor_regions: Sequence[int],
                             queue_embeddings: Optional[torch.Tensor] = None,
-                            queue_classes: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                            queue_classes: Optional[torch.Tensor] = None,
+                            queue_filled: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """(intra-image, inter-image) SupCon terms over a batch of patch embeddings (spec §5.2-5.3).
 
     Anchors: patches whose region is in ``anchor_regions``. Intra: candidates = the other patches of the anchor's
-    image, positives = those of its class. Inter: candidates = patches of other images plus queue entries,
-    positives = those of the anchor's class."""
+    image, positives = those of its class. Inter: candidates = patches of other images plus queue entries (those
+    marked in ``queue_filled``; all when it is None), positives = those of the anchor's class."""
     n = embeddings.shape[0]
     is_anchor = torch.zeros(n, dtype=torch.bool, device=embeddings.device)
     for r in anchor_regions:
@@ -158,8 +159,10 @@ def boclis_contrastive_loss(embeddings: torch.Tensor, image_index: torch.Tensor,
     if queue_embeddings is not None and queue_embeddings.shape[0] > 0:
         candidates = torch.cat((embeddings, queue_embeddings.to(embeddings.dtype)))
         queue_same_class = class_index[:, None] == queue_classes[None, :]
-        inter_candidates = torch.cat((inter_candidates, torch.ones_like(queue_same_class)), dim=1)
-        inter_positives = torch.cat((inter_positives, queue_same_class), dim=1)
+        queue_usable = torch.ones_like(queue_same_class) if queue_filled is None else \
+            queue_filled[None, :].expand_as(queue_same_class)
+        inter_candidates = torch.cat((inter_candidates, queue_usable), dim=1)
+        inter_positives = torch.cat((inter_positives, queue_same_class & queue_usable), dim=1)
     inter = supervised_contrastive_loss(embeddings, candidates, inter_candidates, inter_positives, temperature,
                                         is_anchor)
     return intra, inter
@@ -178,21 +181,37 @@ class ClassMemoryQueue(nn.Module):
 
     @torch.no_grad()
     def push(self, embeddings: torch.Tensor, classes: torch.Tensor):
-        size = self.embeddings.shape[1]
-        for c in range(self.embeddings.shape[0]):
-            new = embeddings[classes == c].detach().float()[-size:]
-            if new.shape[0] == 0:
-                continue
-            slots = (self.pointer[c] + torch.arange(new.shape[0], device=new.device)) % size
-            self.embeddings[c, slots] = new
-            self.filled[c, slots] = True
-            self.pointer[c] = (self.pointer[c] + new.shape[0]) % size
+        """Append each class's new embeddings (in order) at its pointer; beyond ``size`` only the last ones stay.
 
-    def contents(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(embeddings (M, D), classes (M,)) of the filled slots."""
+        Computed on the device for all classes at once (ranks within a class by a cumulative count, then one
+        ``index_copy_``), so pushing never waits for the GPU."""
+        num_classes, size, dim = self.embeddings.shape
+        classes = classes.long()
+        member = classes[:, None] == torch.arange(num_classes, device=classes.device)   # (N, C)
+        rank = (member.long().cumsum(0) - 1).gather(1, classes[:, None])[:, 0]         # position within its class
+        count = member.long().sum(0)
+        skipped = (count - size).clamp_min(0)[classes]                                 # older ones that do not fit
+        slot = (self.pointer[classes] + rank - skipped) % size
+        # the ones that do not fit are written to a scratch row that is dropped afterwards
+        target = torch.where(rank >= skipped, classes * size + slot, num_classes * size)
+        flat = torch.cat((self.embeddings.view(-1, dim), self.embeddings.new_zeros(1, dim)))
+        flat.index_copy_(0, target, embeddings.detach().to(flat.dtype))
+        filled = torch.cat((self.filled.view(-1), self.filled.new_zeros(1)))
+        filled.index_fill_(0, target, True)
+        self.embeddings.copy_(flat[:-1].view_as(self.embeddings))
+        self.filled.copy_(filled[:-1].view_as(self.filled))
+        self.pointer.copy_((self.pointer + count.clamp_max(size)) % size)
+
+    def slots(self) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(embeddings (C·Q, D), classes (C·Q,), filled (C·Q,) bool) of every slot: fixed shapes, no sync."""
         classes = torch.arange(self.embeddings.shape[0], device=self.embeddings.device)
         classes = classes[:, None].expand_as(self.filled)
-        return self.embeddings[self.filled], classes[self.filled]
+        return self.embeddings.flatten(0, 1), classes.flatten(), self.filled.flatten()
+
+    def contents(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings (M, D), classes (M,)) of the filled slots only (for inspection; selecting costs a sync)."""
+        embeddings, classes, filled = self.slots()
+        return embeddings[filled], classes[filled]
 
 
 # --------------------------------------------------------------------------------------------------- trainer
@@ -254,8 +273,7 @@ class nnUNetTrainerBoCLIS(nnUNetTrainerSSL):
                              f"got {self.memory_queue!r}")
         if self.memory_queue != "auto":
             return self.memory_queue == "on"
-        images = self.batch_size + (self.unlabeled_batch_size or
-                                    max(1, int(round(self.batch_size * self.unlabeled_ratio))))
+        images = self.batch_size + self.unlabeled_batch_size_per_step()
         return len(self.configuration_manager.patch_size) == 3 and images <= 4
 
     def teacher_names(self) -> Tuple[str, ...]:
@@ -329,8 +347,8 @@ class nnUNetTrainerBoCLIS(nnUNetTrainerSSL):
                                   self.patch_generator)
         masks = torch.stack([regions[r] for r in REGION_NAMES], dim=2)  # (B, C, R, *spatial)
         b, c, r = masks.shape[:3]
-        grid = torch.meshgrid(torch.arange(b), torch.arange(c), torch.arange(r), indexing="ij")
-        image_idx, class_idx, region_idx = (g.reshape(-1).to(images.device) for g in grid)
+        grid = torch.meshgrid(*(torch.arange(n, device=images.device) for n in (b, c, r)), indexing="ij")
+        image_idx, class_idx, region_idx = (g.reshape(-1) for g in grid)
         masks = masks.flatten(0, 2)
         valid = masks.flatten(1).any(dim=1)
         if not self.contrast_include_background:
@@ -347,14 +365,14 @@ class nnUNetTrainerBoCLIS(nnUNetTrainerSSL):
 
     def patch_contrastive_loss(self, images: torch.Tensor, labels: torch.Tensor):
         z, image_idx, class_idx, region_idx = self.patch_embeddings(images, labels)
-        nan = torch.tensor(float("nan"), device=self.device)
+        nan = torch.full((), float("nan"), device=self.device)
         if z is None:
             zero = sum(p.sum() for p in self.extra_modules.parameters()) * 0.0
             return zero, nan, nan, 0
-        queue_z, queue_c = self.class_queue.contents() if self.class_queue is not None else (None, None)
+        queue_z, queue_c, queue_filled = self.class_queue.slots() if self.class_queue is not None else (None,) * 3
         anchors = [REGION_NAMES.index(name) for name in self.contrast_anchor_regions]
         intra, inter = boclis_contrastive_loss(z, image_idx, class_idx, region_idx, self.contrast_temperature,
-                                               anchors, queue_z, queue_c)
+                                               anchors, queue_z, queue_c, queue_filled)
         if self.class_queue is not None:
             self.class_queue.push(z, class_idx)
         loss = self.contrast_intra_weight * intra + self.contrast_inter_weight * inter
@@ -371,9 +389,7 @@ class nnUNetTrainerBoCLIS(nnUNetTrainerSSL):
             "reliable_fraction": (aggregate.confidence >= self.confidence_threshold).float().mean(),
             "reliability_mean": reliability_u.mean(),
             "conservative_teacher_weight": aggregate.weights[0].mean(),
-            "pseudo_label_dice": mean_foreground_dice(labels_u[truth_u >= 0], truth_u[truth_u >= 0],
-                                                      self.label_manager.num_segmentation_heads)
-            if truth_u is not None else torch.tensor(float("nan")),
+            "pseudo_label_dice": pseudo_label_dice(labels_u, truth_u, self.label_manager.num_segmentation_heads),
         }
         strong_u, mix = self.strong_augmentation(data_u)
         labels_u, reliability_u = mix.apply_to_targets(labels_u, reliability_u)

@@ -29,8 +29,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nnunet_ssl.diagnostics import mean_foreground_dice
+from nnunet_ssl.diagnostics import pseudo_label_dice
 from nnunet_ssl.losses.contrastive import info_nce
+from nnunet_ssl.losses.one_hot import one_hot
 from nnunet_ssl.modules.dual import DualNetwork
 from nnunet_ssl.modules.features import DecoderFeatureTap, decoder_stage_channels
 from nnunet_ssl.modules.heads import ProjectionHead
@@ -190,6 +191,8 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
     disagreement_beta = 1.0          # β of w_r = 1 + β·disagreement
     intra_noise_std = 0.1            # second pass: input + clip(N(0, σ²), ±clip) (UA-MT RandomNoise)
     intra_noise_clip = 0.2
+    intra_noisy_pass_grad = True     # False: the noisy pass is a no-grad target (InfoNCE clean -> noisy only), which
+                                     # saves both networks' second backward (about a third of a CDR step)
     max_contrast_regions = 4096      # random subset of regions above this (the similarity matrix is N²)
     single_network = False           # ablation: net A alone (supervised + intra-network contrast)
 
@@ -274,7 +277,7 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
             valid = seg != self.label_manager.ignore_label
             seg = torch.where(valid, seg, torch.zeros_like(seg))
         num_classes = probs["a"].shape[1]
-        onehot = F.one_hot(seg.clamp(0, num_classes - 1), num_classes).movedim(-1, 1).float()
+        onehot = one_hot(seg.clamp(0, num_classes - 1), num_classes)
         lead_a = None
         if not self.single_network:
             with torch.no_grad():
@@ -295,9 +298,7 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
                 diag["agreement"] = (labels_a == labels_b).float().mean()
                 diag["a_led"] = lead_a
                 leader_labels = torch.where(lead_a.bool(), labels_a, labels_b)
-                diag["pseudo_label_dice"] = mean_foreground_dice(
-                    leader_labels[truth_u >= 0], truth_u[truth_u >= 0], num_classes) \
-                    if truth_u is not None else torch.tensor(NAN)
+                diag["pseudo_label_dice"] = pseudo_label_dice(leader_labels, truth_u, num_classes)
         else:
             diag.update(agreement=torch.tensor(NAN), a_led=torch.tensor(NAN), pseudo_label_dice=torch.tensor(NAN))
 
@@ -334,11 +335,16 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
             noise = (torch.randn_like(x) * self.intra_noise_std).clamp(-self.intra_noise_clip, self.intra_noise_clip)
             intra = []
             for k in nets:
-                _, feats_noisy = self._forward_with_features(k, x + noise)
-                z_noisy = self._region_embeddings(k, feats_noisy)
-                nce_1, nce_2 = symmetric_region_nce(pick(z[k]), pick(z_noisy), self.contrast_temperature,
-                                                    pick(weights), "targets")
-                intra.append(0.5 * (nce_1 + nce_2))
+                with torch.set_grad_enabled(self.intra_noisy_pass_grad):
+                    _, feats_noisy = self._forward_with_features(k, x + noise)
+                    z_noisy = self._region_embeddings(k, feats_noisy)
+                if self.intra_noisy_pass_grad:
+                    nce_1, nce_2 = symmetric_region_nce(pick(z[k]), pick(z_noisy), self.contrast_temperature,
+                                                        pick(weights), "targets")
+                    intra.append(0.5 * (nce_1 + nce_2))
+                else:
+                    intra.append(regional_info_nce(pick(z[k]), pick(z_noisy), self.contrast_temperature,
+                                                   pick(weights)))
             losses["intra"] = lam_c * sum(intra)
             diag["intra_nce"] = torch.stack(intra).mean().detach()
         else:
@@ -394,6 +400,16 @@ class nnUNetTrainerCDR_MCF(nnUNetTrainerCDR):
 class nnUNetTrainerCDR_leaderStopGrad(nnUNetTrainerCDR):
     """MCF-faithful inter contrast: only the non-leading network is pulled."""
     inter_stop_gradient = "leader"
+
+
+class nnUNetTrainerCDR_detachedNoisyPass(nnUNetTrainerCDR):
+    """Cheaper intra term: the noisy pass runs without gradient and serves as the target only."""
+    intra_noisy_pass_grad = False
+
+
+class nnUNetTrainerCDR_sameArch(nnUNetTrainerCDR):
+    """Both networks from the plans' architecture (two random initialisations) instead of plain + residual."""
+    second_network = "same"
 
 
 class nnUNetTrainerCDR_tiny(ResumeTestHooks, nnUNetTrainerCDR):

@@ -28,8 +28,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from nnunet_ssl.augment.strong import StrongAugmentation
-from nnunet_ssl.diagnostics import mean_foreground_dice
+from nnunet_ssl.diagnostics import pseudo_label_dice
 from nnunet_ssl.losses.contrastive import info_nce
+from nnunet_ssl.losses.prototypes import class_prototypes
 from nnunet_ssl.losses.pseudo_label import confidence_pseudo_labels, weighted_cross_entropy
 from nnunet_ssl.modules.features import decoder_stage_channels
 from nnunet_ssl.modules.heads import ProjectionHead
@@ -105,17 +106,17 @@ def sample_cps_indices(labels: torch.Tensor, valid: torch.Tensor, uncertain: tor
         anchors = anchor_pool[torch.randint(anchor_pool.numel(), (num_anchors,), device=device)]
         others = [j for j in present if j != c]
         n_draws = num_anchors * num_negatives
+        # a candidate from every other class for every draw, then the class is picked per draw: fixed shapes,
+        # so no per-class count has to come back to the host
+        candidates = torch.stack([pools[j][torch.randint(pools[j].numel(), (n_draws,), device=device)]
+                                  for j in others])                                     # (len(others), n_draws)
         if len(others) == 1:
-            neg_class = torch.full((n_draws,), others[0], dtype=torch.long, device=device)
+            which = torch.zeros((1, n_draws), dtype=torch.long, device=device)
         else:
             sim = F.cosine_similarity(class_means[c][None].float(), class_means[others].float(), dim=1)
             probs = torch.softmax(sim / class_temperature, dim=0)
-            neg_class = torch.tensor(others, device=device)[torch.multinomial(probs, n_draws, replacement=True)]
-        negatives = torch.empty(n_draws, dtype=torch.long, device=device)
-        for j in others:
-            sel = neg_class == j
-            pool = pools[j]
-            negatives[sel] = pool[torch.randint(pool.numel(), (int(sel.sum()),), device=device)]
+            which = torch.multinomial(probs, n_draws, replacement=True)[None]           # position in `others`
+        negatives = candidates.gather(0, which)[0]
         out[c] = (anchors, negatives.view(num_anchors, num_negatives))
     return out
 
@@ -128,12 +129,10 @@ def cps_loss(embeddings: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor
     embeddings (N, D) flattened voxels (only anchors carry gradients; positives and negatives are constants, as in
     ReCo); prototype_desc (C, D) or None (positive = class mean)."""
     with torch.no_grad():
+        # masked means as one product (zero for absent classes): no boolean selection, no host sync
         emb = embeddings.detach().float()
-        class_means = torch.zeros((num_classes, emb.shape[1]), device=emb.device)
-        for c in range(num_classes):
-            m = valid & (labels == c)
-            if m.any():
-                class_means[c] = emb[m].mean(0)
+        class_means, _ = class_prototypes(emb.t()[None],
+                                          torch.where(valid, labels, -1)[None], num_classes)
     samples = sample_cps_indices(labels, valid, uncertain, class_means, num_anchors, num_negatives, temperature)
     if not samples:
         return embeddings.sum() * 0.0
@@ -454,7 +453,7 @@ class nnUNetTrainerCRLN(nnUNetTrainerMeanTeacher):
         """Teacher on the weak view: raw and rectified (labels, confidence, reliable), and the teacher net."""
         teacher = self.teacher.module
         with torch.no_grad():
-            seg, relation_map, _ = self.teacher(data_u, return_extras=True)
+            seg, relation_map, _ = self.teacher_forward(data_u, return_extras=True)
             logits = first_output(seg).float()
             raw = confidence_pseudo_labels(logits, self.confidence_threshold)
             rectified = None
@@ -464,13 +463,10 @@ class nnUNetTrainerCRLN(nnUNetTrainerMeanTeacher):
         return raw, rectified
 
     def _pseudo_label_dice(self, labels, truth_u):
-        if truth_u is None:
-            return torch.tensor(float("nan"), device=labels.device)
-        known = truth_u >= 0
-        return mean_foreground_dice(labels[known], truth_u[known], self.label_manager.num_segmentation_heads)
+        return pseudo_label_dice(labels, truth_u, self.label_manager.num_segmentation_heads)
 
     def compute_losses(self, data_l, target_l, data_u, truth_u):
-        nan = torch.tensor(float("nan"), device=data_u.device)
+        nan = torch.full((), float("nan"), device=data_u.device)
         raw, rectified = self.make_pseudo_labels(data_u)
         active = self.rectification_active() and rectified is not None
         labels_u, conf_u, _ = rectified if active else raw

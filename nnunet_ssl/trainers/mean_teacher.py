@@ -9,7 +9,7 @@ import torch
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.helpers import softmax_helper_dim1
 
-from nnunet_ssl.diagnostics import mean_foreground_dice
+from nnunet_ssl.diagnostics import pseudo_label_dice
 from nnunet_ssl.losses.pseudo_label import confidence_pseudo_labels, weighted_cross_entropy
 from nnunet_ssl.trainers.base import first_output, nnUNetTrainerSSL
 
@@ -32,9 +32,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSL):
         diagnostics = {
             "teacher_confidence": conf_u.mean(),
             "reliable_fraction": reliable_u.float().mean(),
-            "pseudo_label_dice": mean_foreground_dice(labels_u[truth_u >= 0], truth_u[truth_u >= 0],
-                                                      self.label_manager.num_segmentation_heads)
-            if truth_u is not None else torch.tensor(float("nan")),
+            "pseudo_label_dice": pseudo_label_dice(labels_u, truth_u, self.label_manager.num_segmentation_heads),
         }
         if self.use_strong_view:
             strong_u, mix = self.strong_augmentation(data_u)

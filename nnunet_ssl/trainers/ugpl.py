@@ -20,7 +20,8 @@ from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from nnunetv2.utilities.helpers import softmax_helper_dim1
 from torch.nn import functional as F
 
-from nnunet_ssl.diagnostics import mean_foreground_dice
+from nnunet_ssl.diagnostics import pseudo_label_dice
+from nnunet_ssl.losses.one_hot import one_hot
 from nnunet_ssl.losses.prototypes import class_prototypes, gather_voxel_features, sample_class_voxels
 from nnunet_ssl.modules.features import DecoderFeatureTap
 from nnunet_ssl.ramps import sigmoid_rampup
@@ -58,10 +59,12 @@ def entropy_keep_mask(entropy_a: torch.Tensor, entropy_b: torch.Tensor, keep_per
 
     τ_k is the ``keep_percent``-th percentile of network k's entropy over the valid voxels of the batch; a voxel
     is kept when it lies below its threshold in at least one network (a voxel at τ counts as uncertain)."""
-    if valid is None:
-        valid = torch.ones_like(entropy_a, dtype=torch.bool)
+    if valid is None:  # every voxel counts: no boolean selection, no host sync
+        tau_a = numpy_percentile(entropy_a, keep_percent)
+        tau_b = numpy_percentile(entropy_b, keep_percent)
+        return (entropy_a < tau_a) | (entropy_b < tau_b), tau_a, tau_b
     if not valid.any():
-        nan = torch.tensor(float("nan"), device=entropy_a.device)
+        nan = torch.full((), float("nan"), device=entropy_a.device)
         return torch.zeros_like(valid), nan, nan
     tau_a = numpy_percentile(entropy_a[valid], keep_percent)
     tau_b = numpy_percentile(entropy_b[valid], keep_percent)
@@ -85,7 +88,7 @@ def rescaled_masked_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ke
     ce = F.cross_entropy(logits.float(), labels.long(), reduction="none")
     kept = kept.float()
     n_kept = kept.sum()
-    n_valid = torch.tensor(float(kept.numel()), device=kept.device) if valid is None else valid.float().sum()
+    n_valid = float(kept.numel()) if valid is None else valid.float().sum()
     loss = (ce * kept).sum() / n_kept.clamp_min(1.0)
     if rescale:
         loss = loss * n_valid / n_kept.clamp_min(1.0)
@@ -132,7 +135,7 @@ def cross_reliable_losses(probs_a: torch.Tensor, probs_b: torch.Tensor, seg: tor
         if valid is not None:
             mask = mask & valid
         mask = mask.float()
-        target = F.one_hot(seg.long().clamp_min(0) * mask.long(), probs_a.shape[1]).movedim(-1, 1).float()
+        target = one_hot(seg.long().clamp_min(0) * mask.long(), probs_a.shape[1])
     denom = mask.sum() + 1e-16
     losses = []
     for p in (probs_a, probs_b):
@@ -167,7 +170,8 @@ def prototype_alignment_loss(features: torch.Tensor, reliable_labels: torch.Tens
     anchors = unit.detach()
     candidate_counts = torch.stack([(candidate_labels == c).sum() for c in range(num_classes)]).float()
     stats = {"reliable_counts": reliable_counts.detach(), "candidate_counts": candidate_counts}
-    present_list = [c for c in range(num_classes) if bool(present[c])]
+    # the per-class sample sizes depend on the counts: one host read of which classes have a prototype
+    present_list = [c for c, has in enumerate(present.tolist()) if has]
     samples = {c: idx for c, idx in sample_class_voxels(candidate_labels, num_classes, sample_fraction).items()
                if c in present_list}
     if not samples:
@@ -192,8 +196,9 @@ def prototype_weight(step: int, total_steps: int, max_weight: float = 0.1, ramp_
     return max_weight * sigmoid_rampup(step, ramp_fraction * total_steps)
 
 
-def loser_is_b(dice_loss_a: float, dice_loss_b: float) -> bool:
-    """The loser has the higher labelled Dice loss; on a tie A loses (the reference's V-Net)."""
+def loser_is_b(dice_loss_a, dice_loss_b):
+    """The loser has the higher labelled Dice loss; on a tie A loses (the reference's V-Net). Floats give a bool,
+    tensors a bool tensor (no host sync)."""
     return dice_loss_b > dice_loss_a
 
 
@@ -311,6 +316,14 @@ class nnUNetTrainerUGPL(nnUNetTrainerDualSSL):
             values /= dist.get_world_size()
         return values
 
+    @staticmethod
+    def _loser(b_loses: torch.Tensor, outputs_a: Tuple[torch.Tensor, ...], outputs_b: Tuple[torch.Tensor, ...]):
+        """('loser', *the losing network's tensors): selected on the device when both networks' tensors have the
+        same shapes (the gradient reaches only the selected ones), else decided on the host (one sync)."""
+        if all(a.shape == b.shape for a, b in zip(outputs_a, outputs_b)):
+            return ("loser",) + tuple(torch.where(b_loses, b, a) for a, b in zip(outputs_a, outputs_b))
+        return ("loser",) + (outputs_b if bool(b_loses) else outputs_a)
+
     def ugpl_terms(self, logits_a: torch.Tensor, logits_b: torch.Tensor, feat_a: torch.Tensor,
                    feat_b: torch.Tensor, seg_l: torch.Tensor, ignore_label: Optional[int] = None,
                    batch_dice: bool = True, truth_u: Optional[torch.Tensor] = None
@@ -327,7 +340,7 @@ class nnUNetTrainerUGPL(nnUNetTrainerDualSSL):
     def _ugpl_terms_fp32(self, logits_a, logits_b, feat_a, feat_b, seg_l, ignore_label, batch_dice, truth_u):
         n_l = seg_l.shape[0]
         num_classes = logits_a.shape[1]
-        nan = torch.tensor(float("nan"), device=logits_a.device)
+        nan = torch.full((), float("nan"), device=logits_a.device)
         probs_a = torch.softmax(logits_a.float(), 1)
         probs_b = torch.softmax(logits_b.float(), 1)
         seg_l = seg_l.long()
@@ -343,9 +356,8 @@ class nnUNetTrainerUGPL(nnUNetTrainerDualSSL):
         # winner / loser by labelled soft Dice (no gradient)
         with torch.no_grad():
             dice_losses = self._labelled_dice_losses((logits_a[:n_l], logits_b[:n_l]), seg_l, valid_l, batch_dice)
-        b_loses = loser_is_b(float(dice_losses[0]), float(dice_losses[1]))
-        diag.update(dice_loss_a=dice_losses[0], dice_loss_b=dice_losses[1],
-                    loser_is_b=torch.tensor(float(b_loses), device=logits_a.device))
+        b_loses = loser_is_b(dice_losses[0], dice_losses[1])
+        diag.update(dice_loss_a=dice_losses[0], dice_loss_b=dice_losses[1], loser_is_b=b_loses.float())
 
         # CCE: union pseudo-label, entropy-percentile mask (statistics only, fp32, no gradient)
         z_a_u, z_b_u = logits_a[n_l:], logits_b[n_l:]
@@ -389,7 +401,7 @@ class nnUNetTrainerUGPL(nnUNetTrainerDualSSL):
         proto_loss = logits_a.new_zeros(()).float()
         reliable_counts = torch.zeros(num_classes, device=logits_a.device)
         candidate_counts = torch.zeros(num_classes, device=logits_a.device)
-        nets = {"loser": [("b", z_b_u, feat_b) if b_loses else ("a", z_a_u, feat_a)],
+        nets = {"loser": [self._loser(b_loses, (z_a_u, feat_a), (z_b_u, feat_b))],
                 "both": [("a", z_a_u, feat_a), ("b", z_b_u, feat_b)]}[self.proto_on]
         if proto_weight > 0:
             reliable_labels = torch.where(kept, pseudo, torch.full_like(pseudo, -1))
@@ -409,13 +421,8 @@ class nnUNetTrainerUGPL(nnUNetTrainerDualSSL):
             diag[f"proto_candidates_c{c}"] = candidate_counts[c]
 
         # pseudo-label quality against hidden reference labels (diagnostics only)
-        if truth_u is not None:
-            known = truth_u >= 0
-            diag["pseudo_label_dice"] = mean_foreground_dice(pseudo[known & kept], truth_u[known & kept],
-                                                             num_classes)
-            diag["pseudo_label_dice_all"] = mean_foreground_dice(pseudo[known], truth_u[known], num_classes)
-        else:
-            diag["pseudo_label_dice"] = diag["pseudo_label_dice_all"] = nan
+        diag["pseudo_label_dice"] = pseudo_label_dice(pseudo, truth_u, num_classes, kept)
+        diag["pseudo_label_dice_all"] = pseudo_label_dice(pseudo, truth_u, num_classes)
         return losses, diag
 
 

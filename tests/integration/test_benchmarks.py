@@ -14,6 +14,11 @@ import torch
 from conftest import DATASET_ID, DATASET_NAME, REPO
 
 CPU_ARGS = ["-c", "2d", "--device", "cpu", "--num-threads", "1"]
+# trainer -> the only functions allowed to make the host wait for the device inside compute_losses
+SYNC_EXPECTATIONS = {"nnUNetTrainerCDR": (),
+                     "nnUNetTrainerCRLN": ("sample_cps_indices",),
+                     "nnUNetTrainerBoCLIS": ("centre_regions", "patch_embeddings"),
+                     "nnUNetTrainerUGPL": ("prototype_alignment_loss", "sample_class_voxels")}
 
 
 def run_script(script, args, env, expect_ok=True):
@@ -38,7 +43,7 @@ def test_benchmark_speed(synthetic_nnunet, tmp_path):
     out = tmp_path / "speed" / "speed.json"
     proc = run_script("benchmark_speed.py", ["-d", DATASET_ID, *CPU_ARGS, "--trainers", "nnUNetTrainer",
                                              "nnUNetTrainerMeanTeacher", "nnUNetTrainerNotWrittenYet",
-                                             "--iters", 2, "--warmup", 0, "-o", out], env)
+                                             *SYNC_EXPECTATIONS, "--iters", 2, "--warmup", 0, "-o", out], env)
     report = json.loads(out.read_text())
     results = report["results"]
     assert results["nnUNetTrainerNotWrittenYet"]["status"] == "skipped (not importable)"
@@ -59,12 +64,25 @@ def test_benchmark_speed(synthetic_nnunet, tmp_path):
     for phase in ("with_data_loading", "without_data_loading"):
         assert mt[phase]["ratio_to_nnUNetTrainer"] == pytest.approx(
             mt[phase]["ms_per_iter_mean"] / base[phase]["ms_per_iter_mean"])
+    # host-device syncs in the loss code: none for nnU-Net's loss, the Mean Teacher and CDR; the others only in
+    # their documented samplers (per-class sample sizes read on the host, BoCLIS's connected components)
+    assert base["loss_code_syncs"] == {"audited": "loss", "count": 0, "sites": {}}
+    assert mt["loss_code_syncs"] == {"audited": "compute_losses", "count": 0, "sites": {}}
+    for name, allowed in SYNC_EXPECTATIONS.items():
+        syncs = results[name]["loss_code_syncs"]
+        assert results[name]["status"] == "ok" and syncs["audited"] == "compute_losses"
+        assert syncs["count"] == sum(syncs["sites"].values())
+        assert all(any(site.endswith(f" in {f}") for f in allowed) for site in syncs["sites"]), syncs
+        if not allowed:
+            assert syncs["count"] == 0
     machine = report["machine"]
     assert machine["device"] == "cpu" and machine["torch"] == torch.__version__ and machine["cpu_count"] >= 1
     assert machine["torch_threads"] == 1 and machine["date"]
     table = (tmp_path / "speed" / "speed.md").read_text()
     ratio = f"{mt['without_data_loading']['ratio_to_nnUNetTrainer']:.2f}×"
     assert any(line.startswith("| nnUNetTrainerMeanTeacher | ") and ratio in line for line in table.splitlines())
+    boclis_line = next(line for line in table.splitlines() if line.startswith("| nnUNetTrainerBoCLIS | "))
+    assert boclis_line.endswith(f"| {results['nnUNetTrainerBoCLIS']['loss_code_syncs']['count']} |")
     assert "nnUNetTrainerNotWrittenYet: skipped" in table and "CPU run" in table
     # nothing written into the user's nnUNet_results, the temporary one is gone
     assert listing(root / "results") == results_before

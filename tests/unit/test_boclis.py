@@ -267,9 +267,10 @@ def test_supervised_contrastive_hand_values():
     two = supervised_contrastive_loss(a, c, torch.ones(1, 3, dtype=torch.bool),
                                       torch.tensor([[True, True, False]]), 1.0)
     assert two.item() == pytest.approx(0.90760, abs=1e-4)
-    with pytest.raises(ValueError, match="candidate"):
-        supervised_contrastive_loss(a, c, torch.tensor([[True, False, True]]), torch.tensor([[True, True, False]]),
-                                    1.0)
+    # a positive outside the candidate set is ignored: -log(e / (e + e^-1)) = log(1 + e^-2)
+    outside = supervised_contrastive_loss(a, c, torch.tensor([[True, False, True]]),
+                                          torch.tensor([[True, True, False]]), 1.0)
+    assert outside.item() == pytest.approx(0.126928, abs=1e-5)
 
 
 def test_supervised_contrastive_matches_cross_entropy_and_info_nce_at_tau_007():
@@ -310,6 +311,13 @@ def test_class_memory_queue_is_fifo_per_class():
     assert sorted(emb[cls == 0][:, 0].tolist()) == [4.0, 5.0, 6.0]   # 1 and 2 were pushed out
     assert emb[cls == 1][:, 0].tolist() == [3.0]
     assert q.pointer.tolist() == [2, 1]
+    # more than `size` new entries of a class at once: only the last `size` stay, written from the pointer on
+    q.push(torch.tensor([[7.0, 0], [8, 0], [9, 0], [10, 0], [11, 0]]), torch.tensor([0, 1, 0, 0, 0]))
+    emb_all, cls_all, filled = q.slots()
+    assert emb_all[:3, 0].tolist() == [10.0, 11.0, 9.0] and q.pointer.tolist() == [2, 2]
+    assert emb_all[3:, 0].tolist() == [3.0, 8.0, 0.0] and filled.tolist() == [True] * 5 + [False]
+    assert cls_all.tolist() == [0, 0, 0, 1, 1, 1]
+    emb, cls = q.contents()
     restored = ClassMemoryQueue(2, 3, 2)
     restored.load_state_dict(q.state_dict())
     assert torch.equal(restored.contents()[0], emb)

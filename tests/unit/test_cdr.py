@@ -246,6 +246,24 @@ def test_inter_and_intra_terms_reach_each_network():
         assert _grad_norm(t.student.net_a) > 0 and _grad_norm(t.student.net_b) > 0, term
 
 
+def test_detached_noisy_pass_runs_without_gradient_and_still_trains_both_networks():
+    torch.manual_seed(2)
+    t = bare_trainer(cdr.nnUNetTrainerCDR_detachedNoisyPass, unsup_rampup=0.0, region_size=4)
+    grad_modes, forward = [], t._forward_with_features
+
+    def recording(k, x):
+        grad_modes.append((k, torch.is_grad_enabled()))
+        return forward(k, x)
+
+    t._forward_with_features = recording
+    losses, _ = t.compute_losses(*_batch(2), truth_u=None)
+    # clean passes of A and B with gradient, then the noisy passes without
+    assert grad_modes == [("a", True), ("b", True), ("a", False), ("b", False)]
+    losses["intra"].backward()
+    assert _grad_norm(t.student.net_a) > 0 and _grad_norm(t.student.net_b) > 0
+    assert _grad_norm(t.extra_modules["head_a"]) > 0 and _grad_norm(t.extra_modules["head_b"]) > 0
+
+
 def test_ablation_variants_select_terms():
     expected = {cdr.nnUNetTrainerCDR_noRegionalContrast: {"sup", "sup_b", "review", "cons", "rkd"},
                 cdr.nnUNetTrainerCDR_interOnly: {"sup", "sup_b", "review", "cons", "rkd", "inter"},

@@ -232,6 +232,7 @@ def bare_trainer(ssl_step=10, dim=3):
     trainer.ssl_step = ssl_step
     trainer.num_epochs, trainer.num_iterations_per_epoch = 2, 3
     trainer._labelled_outputs = None
+    trainer._compiled_modules, trainer._compile_modules = {}, False  # eager teacher forward
     trainer.extra_optimizers = {"rectifier": torch.optim.SGD(net.rectifier.parameters(), 2.5e-3, momentum=0.9,
                                                              nesterov=True, weight_decay=5e-4)}
     return trainer
