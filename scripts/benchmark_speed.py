@@ -413,7 +413,8 @@ def main(argv=None) -> int:
     header = (f"Speed benchmark: dataset {args.d}, configuration {args.c}, plans {args.p}, fold {args.fold}; "
               f"{args.iters} timed iterations after {args.warmup} warm-up per phase; {info['device_name']}, "
               f"torch {info['torch']}, nnU-Net {info['nnunetv2']}, nnUNet_n_proc_DA={info['nnUNet_n_proc_DA']} "
-              f"augmentation workers (shared by the two streams of the semi-supervised trainers), {info['date']}.")
+              f"(augmentation workers, shared by the two loaders of the semi-supervised trainers; 0: loading in the "
+              f"main process), {info['date']}.")
     if device.type != "cuda":
         header += " CPU run: timings check the mechanics only, they say nothing about GPU training."
     report = {"settings": {"dataset": args.d, "configuration": args.c, "plans": args.p, "fold": args.fold,

@@ -26,20 +26,41 @@ def class_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     return sums / counts.clamp_min(1.0).unsqueeze(1), counts
 
 
-def sample_class_voxels(labels: torch.Tensor, num_classes: int, fraction: float) -> Dict[int, torch.Tensor]:
-    """Random voxels of every class, without replacement: {class: flat indices into labels.reshape(-1)}.
+def sample_class_voxels(labels: torch.Tensor, num_classes: int, fraction: float
+                        ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Random voxels of every class, without replacement, as fixed-shape tensors (no host-device sync).
 
-    Class c gets ``floor(fraction * |{labels == c}|)`` voxels; classes where that is 0 are left out."""
+    Class c gets ``floor(fraction * |{labels == c}|)`` voxels. Returns (indices (C, S) long, flat indices into
+    ``labels.reshape(-1)``; taken (C, S) bool, True for the first ``floor(fraction·|c|)`` entries of row c), with
+    ``S = floor(fraction · labels.numel())`` (the most any class can get). Each voxel gets a uniform random key,
+    other classes' voxels a larger one, and the S smallest keys are kept: a uniform sample of the class's voxels in
+    random order, followed by the other classes' voxels (not taken)."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"sample fraction must lie in (0, 1], got {fraction}")
     flat = labels.reshape(-1)
-    samples = {}
-    for c in range(num_classes):
-        idx = torch.nonzero(flat == c).squeeze(1)
-        n = int(math.floor(fraction * idx.numel()))
-        if n > 0:
-            samples[c] = idx[torch.randperm(idx.numel(), device=idx.device)[:n]]
-    return samples
+    capacity = int(math.floor(fraction * flat.numel()))
+    member = flat[None] == torch.arange(num_classes, device=flat.device)[:, None]     # (C, N)
+    counts = member.sum(dim=1)
+    wanted = torch.floor(counts.double() * fraction).long()                             # as math.floor(f·n)
+    keys = torch.rand(member.shape, device=flat.device) + 2.0 * (~member)
+    indices = keys.topk(capacity, dim=1, largest=False).indices                        # members first
+    taken = torch.arange(capacity, device=flat.device)[None] < wanted[:, None]
+    return indices, taken
+
+
+def draw_members(members: torch.Tensor, num_draws: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``num_draws`` uniform draws with replacement from the True positions of every row of ``members`` (K, N).
+
+    Returns (indices (K, num_draws) long, non_empty (K,) bool). The r-th member of a row is found by a binary search
+    in the row's running count, so neither the counts nor the positions ever go to the host. Rows without members
+    give index 0 (mark them unusable with ``non_empty``)."""
+    running = members.long().cumsum(dim=1)                                   # (K, N), non-decreasing
+    counts = running[:, -1:]                                                 # (K, 1)
+    rank = (torch.rand(members.shape[0], num_draws, device=members.device) * counts).long()
+    rank = torch.minimum(rank, (counts - 1).clamp_min(0))
+    index = torch.searchsorted(running, rank + 1)                            # first position with count rank + 1
+    non_empty = counts[:, 0] > 0
+    return torch.where(non_empty[:, None], index, 0), non_empty
 
 
 def gather_voxel_features(features: torch.Tensor, flat_indices: torch.Tensor) -> torch.Tensor:

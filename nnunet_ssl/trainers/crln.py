@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from nnunet_ssl.augment.strong import StrongAugmentation
 from nnunet_ssl.diagnostics import pseudo_label_dice
 from nnunet_ssl.losses.contrastive import info_nce
-from nnunet_ssl.losses.prototypes import class_prototypes
+from nnunet_ssl.losses.prototypes import class_prototypes, draw_members
 from nnunet_ssl.losses.pseudo_label import confidence_pseudo_labels, weighted_cross_entropy
 from nnunet_ssl.modules.features import decoder_stage_channels
 from nnunet_ssl.modules.heads import ProjectionHead
@@ -85,63 +85,60 @@ def cps_positive(class_mean: torch.Tensor, prototype_descriptor: Optional[torch.
 
 def sample_cps_indices(labels: torch.Tensor, valid: torch.Tensor, uncertain: torch.Tensor,
                        class_means: torch.Tensor, num_anchors: int, num_negatives: int,
-                       class_temperature: float = 0.5) -> Dict[int, Tuple[torch.Tensor, torch.Tensor]]:
+                       class_temperature: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ReCo sampling on flattened voxels (spec §3.3-3.4). labels/valid/uncertain: (N,); class_means (C, D).
 
-    For every class c with uncertain valid voxels: ``num_anchors`` anchor indices drawn with replacement from them
-    and (num_anchors, num_negatives) negative indices drawn with replacement from valid voxels of other classes;
-    with > 2 classes present the class of each negative is drawn with ``softmax_j(cos(r̄_c, r̄_j) / 0.5)``.
-    Returns {c: (anchor_idx, negative_idx)}; empty when fewer than two classes have valid voxels."""
+    For every class c: ``num_anchors`` anchor indices drawn with replacement from its uncertain valid voxels and
+    (num_anchors, num_negatives) negative indices drawn with replacement from valid voxels of the other classes;
+    with > 2 classes present the class of each negative is drawn with ``softmax_j(cos(r̄_c, r̄_j) / 0.5)`` over the
+    present classes j ≠ c. Returns (anchors (C, A), negatives (C, A, M), usable (C,) bool): a class is usable when
+    it has uncertain valid voxels and at least two classes have valid voxels. Everything stays on the device (fixed
+    shapes; rows of unusable classes hold placeholder indices)."""
     num_classes = class_means.shape[0]
-    pools = {c: torch.nonzero(valid & (labels == c)).squeeze(1) for c in range(num_classes)}
-    present = [c for c in range(num_classes) if pools[c].numel() > 0]
-    if len(present) < 2:
-        return {}
-    device = labels.device
-    out = {}
-    for c in present:
-        anchor_pool = torch.nonzero(uncertain & valid & (labels == c)).squeeze(1)
-        if anchor_pool.numel() == 0:
-            continue
-        anchors = anchor_pool[torch.randint(anchor_pool.numel(), (num_anchors,), device=device)]
-        others = [j for j in present if j != c]
-        n_draws = num_anchors * num_negatives
-        # a candidate from every other class for every draw, then the class is picked per draw: fixed shapes,
-        # so no per-class count has to come back to the host
-        candidates = torch.stack([pools[j][torch.randint(pools[j].numel(), (n_draws,), device=device)]
-                                  for j in others])                                     # (len(others), n_draws)
-        if len(others) == 1:
-            which = torch.zeros((1, n_draws), dtype=torch.long, device=device)
+    classes = torch.arange(num_classes, device=labels.device)
+    members = valid[None] & (labels[None] == classes[:, None])                           # (C, N)
+    anchors, has_anchor = draw_members(members & uncertain[None], num_anchors)            # (C, A)
+    n_draws = num_anchors * num_negatives
+    pool_draws, present = draw_members(members, n_draws)                                  # (C, A·M) per class
+    usable = has_anchor & (present.sum() >= 2)
+    negatives = []
+    for c in range(num_classes):
+        # rows of the other classes by slicing (a list index would be copied from the host first)
+        def others(t):
+            return torch.cat((t[:c], t[c + 1:]))
+
+        if num_classes == 2:
+            which = torch.zeros((1, n_draws), dtype=torch.long, device=labels.device)
         else:
-            sim = F.cosine_similarity(class_means[c][None].float(), class_means[others].float(), dim=1)
-            probs = torch.softmax(sim / class_temperature, dim=0)
-            which = torch.multinomial(probs, n_draws, replacement=True)[None]           # position in `others`
-        negatives = candidates.gather(0, which)[0]
-        out[c] = (anchors, negatives.view(num_anchors, num_negatives))
-    return out
+            sim = F.cosine_similarity(class_means[c][None].float(), others(class_means).float(), dim=1)
+            logits = (sim / class_temperature).masked_fill(~others(present), float("-inf"))
+            logits = torch.where(others(present).any(), logits, torch.zeros_like(logits))  # unusable: any valid row
+            which = torch.multinomial(torch.softmax(logits, dim=0), n_draws, replacement=True)[None]
+        negatives.append(others(pool_draws).gather(0, which)[0].view(num_anchors, num_negatives))
+    return anchors, torch.stack(negatives), usable
 
 
 def cps_loss(embeddings: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, uncertain: torch.Tensor,
              num_classes: int, prototype_desc: Optional[torch.Tensor], xi: float, positive_mode: str = "combined",
              num_anchors: int = 256, num_negatives: int = 512, temperature: float = 0.5) -> torch.Tensor:
-    """Eq. (14): InfoNCE per class over sampled anchors, mean over the classes that have anchors.
+    """Eq. (14): InfoNCE per class over sampled anchors, mean over the classes that have anchors (0 with a graph
+    when none has, or fewer than two classes are present).
 
     embeddings (N, D) flattened voxels (only anchors carry gradients; positives and negatives are constants, as in
-    ReCo); prototype_desc (C, D) or None (positive = class mean)."""
+    ReCo); prototype_desc (C, D) or None (positive = class mean). No host-device synchronisation."""
     with torch.no_grad():
         # masked means as one product (zero for absent classes): no boolean selection, no host sync
         emb = embeddings.detach().float()
-        class_means, _ = class_prototypes(emb.t()[None],
-                                          torch.where(valid, labels, -1)[None], num_classes)
-    samples = sample_cps_indices(labels, valid, uncertain, class_means, num_anchors, num_negatives, temperature)
-    if not samples:
-        return embeddings.sum() * 0.0
-    losses = []
-    for c, (anchor_idx, negative_idx) in samples.items():
+        class_means, _ = class_prototypes(emb.t()[None], torch.where(valid, labels, -1)[None], num_classes)
+    anchor_idx, negative_idx, usable = sample_cps_indices(labels, valid, uncertain, class_means, num_anchors,
+                                                          num_negatives, temperature)
+    total = embeddings.sum() * 0.0
+    for c in range(num_classes):
         pos = cps_positive(class_means[c], None if prototype_desc is None else prototype_desc[c], xi, positive_mode)
-        anchors = embeddings[anchor_idx]
-        losses.append(info_nce(anchors, pos.expand_as(anchors), emb[negative_idx], temperature))
-    return torch.stack(losses).mean()
+        anchors = embeddings[anchor_idx[c]]
+        term = info_nce(anchors, pos.expand_as(anchors), emb[negative_idx[c]], temperature)
+        total = total + torch.where(usable[c], term, torch.zeros_like(term))
+    return total / usable.sum().clamp_min(1)
 
 
 # ================================================================================================ network

@@ -170,25 +170,32 @@ def prototype_alignment_loss(features: torch.Tensor, reliable_labels: torch.Tens
     anchors = unit.detach()
     candidate_counts = torch.stack([(candidate_labels == c).sum() for c in range(num_classes)]).float()
     stats = {"reliable_counts": reliable_counts.detach(), "candidate_counts": candidate_counts}
-    # the per-class sample sizes depend on the counts: one host read of which classes have a prototype
-    present_list = [c for c, has in enumerate(present.tolist()) if has]
-    samples = {c: idx for c, idx in sample_class_voxels(candidate_labels, num_classes, sample_fraction).items()
-               if c in present_list}
-    if not samples:
+    # fixed-shape sampling and masked means: nothing here waits for the device
+    indices, taken = sample_class_voxels(candidate_labels, num_classes, sample_fraction)   # (C, S)
+    taken = taken & present[:, None]                 # only classes with a prototype pull their candidates
+    if indices.shape[1] == 0:
         return features.sum() * 0.0, stats
-    loss = features.new_zeros(())
-    for c, idx in samples.items():
-        cand = F.normalize(gather_voxel_features(features, idx), dim=1, eps=1e-12)
-        loss = loss + _unit_distance(cand, anchors[c]).mean()
-        others = [k for k in present_list if k != c]
-        if push_candidates and others:
-            nearest_other = _unit_distance(cand[:, None, :], anchors[others][None]).min(1).values
-            loss = loss + F.relu(margin - nearest_other).mean()
-    pairs = [(c, k) for i, c in enumerate(present_list) for k in present_list[i + 1:]]
-    if pairs and separation != "none":
-        d = torch.stack([_unit_distance(unit[c], unit[k]) for c, k in pairs])
-        loss = loss + (F.relu(margin - d).mean() if separation == "hinge" else d.mean())
-    return loss, stats
+    size = indices.shape[1]
+    cand = F.normalize(gather_voxel_features(features, indices.reshape(-1)), dim=1, eps=1e-12)
+    cand = cand.view(num_classes, size, -1)                                                 # (C, S, F)
+    n_taken = taken.sum(dim=1).clamp_min(1)
+    pull = _unit_distance(cand, anchors[:, None, :])                                       # (C, S)
+    loss = ((pull * taken).sum(dim=1) / n_taken).sum()
+    if push_candidates:
+        to_each = _unit_distance(cand[:, :, None, :], anchors[None, None, :, :])            # (C, S, C)
+        own = torch.eye(num_classes, dtype=torch.bool, device=features.device)
+        other_present = present[None, :] & ~own                                            # (C, C): k ≠ c, present
+        to_each = to_each.masked_fill(~other_present[:, None, :], float("inf"))
+        push = F.relu(margin - to_each.min(dim=2).values)                                  # 0 without other class
+        loss = loss + ((push * taken).sum(dim=1) / n_taken).sum()
+    if separation != "none":
+        upper = torch.ones(num_classes, num_classes, dtype=torch.bool, device=features.device).triu(1)
+        pair = present[:, None] & present[None, :] & upper                                 # c < k, both present
+        d = _unit_distance(unit[:, None, :], unit[None, :, :])                              # (C, C)
+        term = F.relu(margin - d) if separation == "hinge" else d
+        loss = loss + (term * pair).sum() / pair.sum().clamp_min(1)
+    # with no candidate sampled at all, L_c is 0
+    return torch.where(taken.any(), loss, features.sum() * 0.0), stats
 
 
 def prototype_weight(step: int, total_steps: int, max_weight: float = 0.1, ramp_fraction: float = 1.0) -> float:

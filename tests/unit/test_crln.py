@@ -11,6 +11,7 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 from torch import nn
 
+from nnunet_ssl.sync_audit import HostSyncAudit
 from nnunet_ssl.modules.ema import EMATeacher
 from nnunet_ssl.modules.heads import ProjectionHead
 from nnunet_ssl.trainers.crln import (CRLNNet, cps_loss, cps_positive, image_weighted_nll, nnUNetTrainerCRLN_tiny,
@@ -145,10 +146,14 @@ def test_anchor_and_negative_sampling_rules():
     valid = torch.tensor([1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1], dtype=torch.bool)  # 3, 7: padded (conf 0)
     uncertain = torch.tensor([1, 0, 0, 1, 1, 1, 0, 1, 0, 0, 0, 0], dtype=torch.bool) & valid
     means = torch.tensor([[1.0, 0.0], [0.9, 0.1], [-1.0, 0.0]])  # class 1 close to class 0, class 2 opposite
-    samples = sample_cps_indices(labels, valid, uncertain, means, num_anchors=256, num_negatives=512)
-    assert set(samples) == {0, 1}                                 # class 2 has no uncertain voxel
+    with HostSyncAudit() as audit:
+        anchors_all, negatives_all, usable = sample_cps_indices(labels, valid, uncertain, means, num_anchors=256,
+                                                                num_negatives=512)
+    assert audit.events == []                                     # sampling never waits for the device
+    assert anchors_all.shape == (3, 256) and negatives_all.shape == (3, 256, 512)
+    assert usable.tolist() == [True, True, False]                 # class 2 has no uncertain voxel
+    samples = {c: (anchors_all[c], negatives_all[c]) for c in (0, 1)}
     for c, (anchors, negatives) in samples.items():
-        assert anchors.shape == (256,) and negatives.shape == (256, 512)
         assert set(anchors.tolist()) <= set(torch.nonzero(uncertain & (labels == c)).squeeze(1).tolist())
         assert set(negatives.flatten().tolist()) <= set(torch.nonzero(valid & (labels != c)).squeeze(1).tolist())
         assert not ({3, 7} & set(anchors.tolist()) | {3, 7} & set(negatives.flatten().tolist()))
@@ -159,7 +164,7 @@ def test_anchor_and_negative_sampling_rules():
     frac = (labels[samples[0][1]] == 1).float().mean().item()
     assert frac == pytest.approx(expected, abs=0.01)
     # only one class with valid voxels: nothing to contrast
-    assert sample_cps_indices(labels, valid & (labels == 0), uncertain, means, 4, 4) == {}
+    assert not sample_cps_indices(labels, valid & (labels == 0), uncertain, means, 4, 4)[2].any()
 
 
 # ---------------------------------------------------------------------------------------------- network

@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from nnunet_ssl.diagnostics import mean_foreground_dice, pseudo_label_dice
 from nnunet_ssl.losses.one_hot import one_hot
+from nnunet_ssl.losses.prototypes import draw_members, sample_class_voxels
 from nnunet_ssl.losses.supervised_contrastive import supervised_contrastive_loss
 from nnunet_ssl.sync_audit import HostSyncAudit, host_only
 from nnunet_ssl.trainers.base import nnUNetTrainerSSL
@@ -125,3 +126,37 @@ def test_augmentation_workers_setting_is_checked(monkeypatch):
     monkeypatch.setenv("nnUNet_n_proc_DA", "4")
     with pytest.raises(ValueError, match="augmentation_workers"):
         nnUNetTrainerSSL.augmentation_worker_counts(_Stub(2, 2, "everything"))
+
+
+def test_sample_class_voxels_takes_exact_counts_without_replacement_and_without_syncs():
+    torch.manual_seed(0)
+    labels = torch.tensor([[0] * 10 + [1] * 7 + [2] * 3 + [-1] * 4])      # 24 voxels
+    with HostSyncAudit() as audit:
+        indices, taken = sample_class_voxels(labels, 3, 0.5)
+    assert audit.events == []
+    assert indices.shape == taken.shape == (3, 12)                         # floor(0.5 · 24)
+    assert taken.sum(1).tolist() == [5, 3, 1]                              # floor(0.5 · 10 / 7 / 3)
+    flat = labels.reshape(-1)
+    for c in range(3):
+        chosen = indices[c][taken[c]]
+        assert (flat[chosen] == c).all() and len(set(chosen.tolist())) == len(chosen)
+    # uniform over the class: every class-1 voxel is drawn about equally often over many samples
+    hits = torch.zeros(24)
+    for _ in range(700):
+        indices, taken = sample_class_voxels(labels, 3, 0.5)
+        hits[indices[1][taken[1]]] += 1
+    assert ((hits[10:17] > 240) & (hits[10:17] < 360)).all() and hits[:10].sum() == 0  # expected 700 · 3/7 = 300
+    with pytest.raises(ValueError, match="fraction"):
+        sample_class_voxels(labels, 3, 0.0)
+
+
+def test_draw_members_draws_with_replacement_from_each_row_without_syncs():
+    torch.manual_seed(0)
+    members = torch.tensor([[0, 1, 0, 1, 1], [0, 0, 0, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    with HostSyncAudit() as audit:
+        index, non_empty = draw_members(members, 3000)
+    assert audit.events == []
+    assert non_empty.tolist() == [True, False, True] and index.shape == (3, 3000)
+    counts = torch.bincount(index[0], minlength=5).tolist()
+    assert counts[0] == counts[2] == 0 and all(900 < counts[k] < 1100 for k in (1, 3, 4))
+    assert set(index[2].tolist()) == {0}
