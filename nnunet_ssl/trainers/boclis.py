@@ -42,7 +42,7 @@ from nnunet_ssl.losses.supervised_contrastive import supervised_contrastive_loss
 from nnunet_ssl.modules.ema import EMATeacher
 from nnunet_ssl.modules.heads import ProjectionHead
 from nnunet_ssl.trainers.base import first_output, nnUNetTrainerSSL
-from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, ResumeTestHooks
+from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, ResumeTestHooks, UnmirroredValidation
 
 EPS = 1e-8
 
@@ -459,7 +459,7 @@ class nnUNetTrainerBoCLIS_noContrast(nnUNetTrainerBoCLIS):
     use_contrast = False
 
 
-class nnUNetTrainerBoCLIS_tiny(nnUNetTrainerBoCLIS):
+class nnUNetTrainerBoCLIS_tiny(UnmirroredValidation, nnUNetTrainerBoCLIS):
     """CPU smoke/test variant: 2 epochs x 3 iterations, 16³ / 16² contrast patches."""
     schedule_overrides = {**TINY_SCHEDULE, "contrast_patch_size": 16}
 

@@ -36,7 +36,7 @@ from nnunet_ssl.modules.features import decoder_stage_channels
 from nnunet_ssl.modules.heads import ProjectionHead
 from nnunet_ssl.trainers.base import first_output
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
-from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, ResumeTestHooks
+from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, ResumeTestHooks, UnmirroredValidation
 
 
 # ================================================================================================ formulas
@@ -633,7 +633,7 @@ class nnUNetTrainerCRLN_crlnOptim(nnUNetTrainerCRLN):
     rectification_start_iteration = 800
 
 
-class nnUNetTrainerCRLN_tiny(nnUNetTrainerCRLN):
+class nnUNetTrainerCRLN_tiny(UnmirroredValidation, nnUNetTrainerCRLN):
     """2 epochs x 3 iterations; rectification from iteration 3 so both phases run."""
     schedule_overrides = TINY_SCHEDULE
     num_prototypes = 2

@@ -8,12 +8,25 @@ from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
 TINY_SCHEDULE = {"num_epochs": 2, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 1}
 
 
-class nnUNetTrainerMeanTeacher_tiny(nnUNetTrainerMeanTeacher):
+class UnmirroredValidation:
+    """Mixin for test variants: the final validation predicts without mirroring, which costs 8x the CPU time
+    (2^3 flips) and adds no code path of ours; the checkpoints keep nnU-Net's mirroring axes."""
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        axes, self.inference_allowed_mirroring_axes = self.inference_allowed_mirroring_axes, None
+        try:
+            return super().perform_actual_validation(save_probabilities)
+        finally:
+            self.inference_allowed_mirroring_axes = axes
+
+
+class nnUNetTrainerMeanTeacher_tiny(UnmirroredValidation, nnUNetTrainerMeanTeacher):
     schedule_overrides = TINY_SCHEDULE
 
 
-class ResumeTestHooks:
-    """Mixin for resume tests, driven by environment variables (nnU-Net passes no other arguments):
+class ResumeTestHooks(UnmirroredValidation):
+    """Mixin for resume tests (validating like UnmirroredValidation), driven by environment variables (nnU-Net
+    passes no other arguments):
     NNUNET_SSL_TEST_CRASH_AFTER_EPOCH=k raises after epoch k's checkpoint_latest is written;
     NNUNET_SSL_TEST_RECORD_RESUME=file saves the trainer's state right after load_checkpoint."""
 
