@@ -7,7 +7,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.isfile("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["nnunet_ssl", "nnunet_ssl.*"]),
+    # dataset_conversion/ stays at the top of the repository (README commands run its scripts from there) and is
+    # installed as nnunet_ssl.dataset_conversion, the package its scripts import their shared helpers from
+    packages=find_packages(include=["nnunet_ssl", "nnunet_ssl.*"]) + ["nnunet_ssl.dataset_conversion"],
+    package_dir={"nnunet_ssl.dataset_conversion": "dataset_conversion"},
     install_requires=[
         # nnUNet_extTrainer (external trainer discovery) exists from 2.8.0; the plugin is developed against 2.8.1.
         "nnunetv2>=2.8.1,<2.9",
@@ -15,11 +18,13 @@ setup(
         "numpy>=1.24,<3",
         "scipy>=1.10,<2",
         "SimpleITK>=2.2,<3",
-        "h5py>=3.8,<4",
         "matplotlib>=3.6,<4",
     ],
     extras_require={
-        "test": ["pytest>=7,<10", "medpy>=0.5,<0.6"],
+        # only the conversions of the h5 releases (LA, Pancreas h5) need h5py
+        "conversion": ["h5py>=3.8,<4"],
+        # the tests run the conversions
+        "test": ["pytest>=7,<10", "medpy>=0.5,<0.6", "h5py>=3.8,<4"],
     },
     entry_points={
         "console_scripts": [

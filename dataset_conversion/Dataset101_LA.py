@@ -21,13 +21,12 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+# shared helpers from the installed package (setup.py installs this folder as nnunet_ssl.dataset_conversion),
+# so this file runs as a script and imports as a module alike
+from nnunet_ssl.dataset_conversion import _common as C
+from nnunet_ssl.errors import exits_on_user_error
 
-
-
-# the sibling helpers, whether this file runs as a script or is loaded by path (tests)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
-
+PROG = Path(__file__).name
 DATASET_ID = 101
 DATASET_NAME = "LA"
 SPACING_MM = (0.625, 0.625, 0.625)
@@ -94,8 +93,10 @@ def convert(input_folder: str, output: Optional[str] = None, dataset_id: int = D
     return out
 
 
+@exits_on_user_error(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--input", required=True, help="folder holding <case>/mri_norm2.h5")
     parser.add_argument("--train-list", default=None, help="train.list (default: in -i or its parent)")
     parser.add_argument("--test-list", default=None, help="test.list (default: in -i or its parent; optional)")
@@ -103,13 +104,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                              "(default: $nnUNet_preprocessed)")
     C.add_common_arguments(parser, DATASET_ID, labeled_default=8)
     args = parser.parse_args(argv)
-    try:
-        labeled, strict = C.resolve_budget(args.labeled, args.raw_unlabeled)
-        convert(args.input, args.output, args.dataset_id, labeled, strict, args.train_list, args.test_list,
-                args.overwrite, args.install_split, args.preprocessed)
-    except C.ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    labeled, strict = C.resolve_budget(args.labeled, args.raw_unlabeled)
+    convert(args.input, args.output, args.dataset_id, labeled, strict, args.train_list, args.test_list,
+            args.overwrite, args.install_split, args.preprocessed)
     return 0
 
 

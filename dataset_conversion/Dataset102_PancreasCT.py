@@ -38,11 +38,12 @@ from typing import Optional, Sequence
 
 import SimpleITK as sitk
 
+# shared helpers from the installed package (setup.py installs this folder as nnunet_ssl.dataset_conversion),
+# so this file runs as a script and imports as a module alike
+from nnunet_ssl.dataset_conversion import _common as C
+from nnunet_ssl.errors import exits_on_user_error
 
-# the sibling helpers, whether this file runs as a script or is loaded by path (tests)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
-
+PROG = Path(__file__).name
 DATASET_ID = 102
 DATASET_NAME = "PancreasCT"
 HU_WINDOW = (-125.0, 275.0)
@@ -201,8 +202,10 @@ def convert(input_folder: str, output: Optional[str] = None, dataset_id: int = D
     return out
 
 
+@exits_on_user_error(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--input", required=True,
                         help="DICOM root (PANCREAS_XXXX folders) or folder of h5 files")
     parser.add_argument("--format", dest="source_format", choices=("dicom", "h5"), default="dicom")
@@ -222,14 +225,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed root for --install-split")
     C.add_common_arguments(parser, DATASET_ID, labeled_default=12)
     args = parser.parse_args(argv)
-    try:
-        labeled, strict = C.resolve_budget(args.labeled, args.raw_unlabeled)
-        convert(args.input, args.output, args.dataset_id, args.source_format, args.labels, args.convention,
-                labeled, strict, args.train_list, args.test_list, args.hu_window, args.h5_spacing,
-                args.label_geometry_from_image, args.overwrite, args.install_split, args.preprocessed)
-    except C.ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    labeled, strict = C.resolve_budget(args.labeled, args.raw_unlabeled)
+    convert(args.input, args.output, args.dataset_id, args.source_format, args.labels, args.convention,
+            labeled, strict, args.train_list, args.test_list, args.hu_window, args.h5_spacing,
+            args.label_geometry_from_image, args.overwrite, args.install_split, args.preprocessed)
     return 0
 
 

@@ -26,11 +26,12 @@ from typing import Optional, Sequence
 
 import SimpleITK as sitk
 
+# shared helpers from the installed package (setup.py installs this folder as nnunet_ssl.dataset_conversion),
+# so this file runs as a script and imports as a module alike
+from nnunet_ssl.dataset_conversion import _common as C
+from nnunet_ssl.errors import exits_on_user_error
 
-# the sibling helpers, whether this file runs as a script or is loaded by path (tests)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
-
+PROG = Path(__file__).name
 DATASET_ID = 103
 DATASET_NAME = "BraTS19"
 BRATS_LABELS = {0, 1, 2, 4}
@@ -119,8 +120,10 @@ def convert(input_folder: str, train_list: str, val_list: str, test_list: str, o
     return out
 
 
+@exits_on_user_error(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--input", required=True, help="MICCAI_BraTS_2019_Data_Training folder")
     parser.add_argument("--train-list", required=True, help="SSL4MIS train list (250 cases)")
     parser.add_argument("--val-list", required=True, help="SSL4MIS val list (25 cases)")
@@ -130,13 +133,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed root for --install-split")
     C.add_common_arguments(parser, DATASET_ID, labeled_default=25)
     args = parser.parse_args(argv)
-    try:
-        labeled, strict = C.resolve_budget(args.labeled, args.raw_unlabeled)
-        convert(args.input, args.train_list, args.val_list, args.test_list, args.output, args.dataset_id,
-                labeled, strict, args.all_modalities, args.overwrite, args.install_split, args.preprocessed)
-    except C.ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    labeled, strict = C.resolve_budget(args.labeled, args.raw_unlabeled)
+    convert(args.input, args.train_list, args.val_list, args.test_list, args.output, args.dataset_id,
+            labeled, strict, args.all_modalities, args.overwrite, args.install_split, args.preprocessed)
     return 0
 
 

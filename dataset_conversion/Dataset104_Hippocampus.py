@@ -26,11 +26,12 @@ from typing import Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+# shared helpers from the installed package (setup.py installs this folder as nnunet_ssl.dataset_conversion),
+# so this file runs as a script and imports as a module alike
+from nnunet_ssl.dataset_conversion import _common as C
+from nnunet_ssl.errors import exits_on_user_error
 
-# the sibling helpers, whether this file runs as a script or is loaded by path (tests)
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
-
+PROG = Path(__file__).name
 DATASET_ID = 104
 DATASET_NAME = "Hippocampus"
 
@@ -111,23 +112,21 @@ def convert(input_folder: str, output: Optional[str] = None, dataset_id: int = D
     return out
 
 
+@exits_on_user_error(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--input", required=True, help="extracted Task04_Hippocampus folder")
     parser.add_argument("--seed", type=int, default=0, help="seed for drawing the --labeled cases (default 0)")
     parser.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed root for --install-split")
     C.add_common_arguments(parser, DATASET_ID, labeled_default=None)
     args = parser.parse_args(argv)
-    try:
-        labeled, strict = C.resolve_budget(args.labeled, args.raw_unlabeled)
-        if args.install_split and labeled is None:
-            raise C.ConversionError("--install-split needs a label budget (--labeled N); without one nnU-Net's "
-                                    "own 5-fold split applies")
-        convert(args.input, args.output, args.dataset_id, labeled, strict, args.seed, args.overwrite,
-                args.install_split, args.preprocessed)
-    except C.ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    labeled, strict = C.resolve_budget(args.labeled, args.raw_unlabeled)
+    if args.install_split and labeled is None:
+        raise C.ConversionError("--install-split needs a label budget (--labeled N); without one nnU-Net's "
+                                "own 5-fold split applies")
+    convert(args.input, args.output, args.dataset_id, labeled, strict, args.seed, args.overwrite,
+            args.install_split, args.preprocessed)
     return 0
 
 

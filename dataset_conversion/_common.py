@@ -37,6 +37,8 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_ssl.errors import UserError
+
 SPLIT_FILE_NAME = "splits_ssl.json"
 PROTOCOL_FILE_NAME = "ssl_protocol.json"
 FILE_ENDING = ".nii.gz"
@@ -44,7 +46,7 @@ ROLES = ("labeled", "val", "unlabeled", "unlabeled_only", "test")
 _CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """Bad input or refused output; the message names the file/setting and how to fix it."""
 
 
@@ -168,7 +170,12 @@ def check_label_values(label: sitk.Image | np.ndarray, allowed: Iterable[int], f
 def read_h5_image_label(h5_file: Path) -> tuple[np.ndarray, np.ndarray]:
     """(image float32, label uint8) of an SSL-release h5 file (datasets ``image``/``label``, same 3D shape,
     binary labels), as the LA and Pancreas releases store them."""
-    import h5py
+    try:
+        import h5py
+    except ImportError:
+        raise ConversionError(f"{h5_file}: reading the h5 releases needs h5py, an optional dependency of nnunet_ssl. "
+                              f"Install it with `pip install \"nnunet_ssl[conversion]\"` (or `pip install -e "
+                              f"\".[conversion]\"` in the repository, or `pip install h5py`).") from None
     require_file(Path(h5_file), "h5 file")
     with h5py.File(h5_file, "r") as f:
         for key in ("image", "label"):

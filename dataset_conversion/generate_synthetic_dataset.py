@@ -36,6 +36,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from nnunet_ssl.errors import fail
+
 FILE_ENDING = ".nii.gz"
 LABELED_PREFIX = "case"
 UNLABELED_PREFIX = "unl"
@@ -339,7 +341,8 @@ def generate_synthetic_dataset(raw_root: str, dataset_id: int = 990, name: str =
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    prog = os.path.basename(__file__)
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("-o", "--output", default=os.environ.get("nnUNet_raw"),
                         help="nnU-Net raw folder to write into (default: $nnUNet_raw)")
     parser.add_argument("-d", "--dataset_id", type=int, default=990, help="dataset id, 1-999 (default: 990)")
@@ -363,7 +366,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                         help="replace an existing folder of this dataset (only that folder)")
     args = parser.parse_args(argv)
     if not args.output:
-        parser.error("no output folder: pass -o/--output or set the nnUNet_raw environment variable.")
+        fail(prog, "no output folder: pass -o/--output or set the nnUNet_raw environment variable.")
     shape = args.shape if args.shape is not None else [32] * args.dim
     try:
         folder = generate_synthetic_dataset(args.output, dataset_id=args.dataset_id, name=args.name,
@@ -371,8 +374,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                                             num_test=args.test, shape=shape, dim=args.dim,
                                             num_foreground_classes=args.classes, num_channels=args.channels,
                                             seed=args.seed, overwrite=args.overwrite)
-    except (ValueError, FileExistsError, RuntimeError) as error:
-        parser.error(str(error))
+    except (ValueError, FileExistsError, RuntimeError) as error:  # the messages name the setting and the fix
+        fail(prog, error)
     print(f"wrote {folder}")
     return folder
 

@@ -1,9 +1,11 @@
 """Dataset conversion scripts on tiny fake inputs in each source format, plus the LA orientation on real cases."""
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +18,13 @@ CONVERSION_DIR = Path(__file__).resolve().parents[2] / "dataset_conversion"
 REAL_LA = Path("/work/shared/data/LA_h5")
 
 
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"conv_{name}", CONVERSION_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# setup.py installs dataset_conversion/ as nnunet_ssl.dataset_conversion
+from nnunet_ssl.dataset_conversion import Dataset101_LA as LA  # noqa: E402
+from nnunet_ssl.dataset_conversion import Dataset102_PancreasCT as PANCREAS  # noqa: E402
+from nnunet_ssl.dataset_conversion import Dataset103_BraTS19 as BRATS  # noqa: E402
+from nnunet_ssl.dataset_conversion import Dataset104_Hippocampus as HIPPO  # noqa: E402
+from nnunet_ssl.dataset_conversion import Dataset105_ACDC as ACDC  # noqa: E402
 
-
-LA = load_script("Dataset101_LA")
-PANCREAS = load_script("Dataset102_PancreasCT")
-BRATS = load_script("Dataset103_BraTS19")
-HIPPO = load_script("Dataset104_Hippocampus")
-ACDC = load_script("Dataset105_ACDC")
 C = LA.C
 ConversionError = C.ConversionError
 
@@ -114,7 +111,9 @@ def test_la_refuses_overwrite_and_install_split(fake_la, tmp_path, monkeypatch):
     assert LA.main(["-i", str(src), "--labeled", "2", "--install-split"]) == 0
     installed = pre / "Dataset101_LA" / "splits_final.json"
     assert json.loads(installed.read_text())[0]["train"] == cases[:2]
-    assert LA.main(["-i", str(src), "--labeled", "2"]) == 1  # output exists, no --overwrite
+    with pytest.raises(SystemExit) as exit_info:  # output exists, no --overwrite
+        LA.main(["-i", str(src), "--labeled", "2"])
+    assert exit_info.value.code == 2
     with pytest.raises(ConversionError, match="already exists"):
         LA.convert(str(src), labeled=3, overwrite=True, install_split=True)  # split file exists
     assert json.loads((raw / "Dataset101_LA" / "splits_ssl.json").read_text())[0]["train"] == cases[:2]
@@ -417,3 +416,29 @@ def test_acdc_missing_gt_is_named(fake_acdc, tmp_path):
     (src / "training" / "patient003" / "patient003_frame13_gt.nii.gz").unlink()
     with pytest.raises(ConversionError, match="patient003_frame13"):
         ACDC.convert(str(src), output=str(tmp_path / "raw"))
+
+
+# ------------------------------------------------------------------------------------- packaging and errors
+SCRIPTS = sorted(p.name for p in CONVERSION_DIR.glob("*.py") if p.name != "__init__.py")
+
+
+def test_scripts_reach_helpers_through_the_package_not_sys_path():
+    for name in SCRIPTS:
+        assert "sys.path" not in (CONVERSION_DIR / name).read_text(), name
+
+
+def test_script_run_from_elsewhere_reports_user_error_in_one_line(tmp_path):
+    # as the README runs it (a script path), from a folder that is not the repository
+    proc = subprocess.run([sys.executable, str(CONVERSION_DIR / "Dataset101_LA.py"), "-i", str(tmp_path / "missing"),
+                           "-o", str(tmp_path / "raw")], cwd=tmp_path, capture_output=True, encoding="utf-8",
+                          errors="replace", env={**os.environ, "PYTHONUTF8": "1"})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"Dataset101_LA.py: error: missing LA input folder: "
+                                                f"{tmp_path / 'missing'}"]
+    assert not (tmp_path / "raw").exists()
+
+
+def test_h5_reading_names_the_conversion_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "h5py", None)  # as if h5py were not installed
+    with pytest.raises(ConversionError, match=r"nnunet_ssl\[conversion\]"):
+        C.read_h5_image_label(tmp_path / "case.h5")
