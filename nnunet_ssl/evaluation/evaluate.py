@@ -1,6 +1,11 @@
 """Paper-protocol evaluation of a folder of predicted segmentations against a folder of references.
 
     nnUNetv2_ssl_evaluate -ref labelsTs -pred predictions [-l 1 2] [--bootstrap 100] [--voxel|--mm] [--lcc] [-o OUT]
+    nnUNetv2_ssl_evaluate labelsTs predictions [-djfile dataset.json] [-pfile plans.json] [-o OUT] [-np N] [-l 1 2]
+
+The second form is ``nnUNetv2_evaluate_folder``'s (positional folders, ``-djfile``, ``-pfile``, ``-o``, ``-np``,
+``--chill``; ``-l`` as in ``nnUNetv2_evaluate_simple``): ``-djfile`` names the labels and gives the file ending,
+``-pfile`` the image reader, ``--chill`` scores only the references that have a prediction.
 
 Per case and per class: Dice, Jaccard, 95HD, ASD (medpy semantics, see ``metrics.py``; ASD is medpy's directed
 prediction→reference asd, ASSD is stored too) with distances both in voxels (what the SSL tables report: medpy
@@ -9,7 +14,8 @@ choose the headline units of the Markdown table and of ``summary.headline``; bot
 
 Outputs in OUT (default ``<pred>/ssl_evaluation``): ``metrics.json`` (settings, per case, summary), ``metrics.csv``
 (one row per case × class) and ``metrics.md`` (rows = classes + mean, columns Dice %, Jaccard %, 95HD, ASD,
-boundary Dice %). Existing outputs are never overwritten unless ``--overwrite`` is given.
+boundary Dice %). ``-o`` naming a ``.json`` file (as ``nnUNetv2_evaluate_folder``'s ``-o``) writes that file and
+the ``.csv``/``.md`` beside it with the same stem. Existing outputs are never overwritten unless ``--overwrite``.
 
 Summary conventions: "mean ± std" is over cases (population std, ddof=0); with ``--bootstrap N`` it is the mean ±
 std of the per-resample means over N seeded resamples of the cases (CRLN protocol). NaN values (distances undefined
@@ -31,7 +37,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from nnunet_ssl.errors import UserError, exits_on_user_error
 from nnunet_ssl.evaluation.metrics import binary_case_metrics, bootstrap_mean_std, keep_largest_connected_component
+
+PROG = "nnUNetv2_ssl_evaluate"
 
 METRIC_KEYS = ("dice", "jaccard", "hd95_voxel", "asd_voxel", "assd_voxel", "hd95_mm", "asd_mm", "assd_mm",
                "boundary_dice")
@@ -40,7 +49,7 @@ SPACING_RTOL = 1e-4  # relative tolerance for reference vs prediction spacing (h
 OUTPUT_NAMES = ("metrics.json", "metrics.csv", "metrics.md")
 
 
-class EvaluationInputError(ValueError):
+class EvaluationInputError(UserError):
     """Bad input folders/files/settings; the message names the file or setting and how to fix it."""
 
 
@@ -78,8 +87,9 @@ def detect_file_ending(ref_dir: str) -> str:
     return next(iter(found))
 
 
-def pair_cases(ref_dir: str, pred_dir: str, file_ending: str) -> List[Tuple[str, str, str]]:
-    """(case id, reference path, prediction path) for every reference file; errors on missing predictions."""
+def pair_cases(ref_dir: str, pred_dir: str, file_ending: str, chill: bool = False) -> List[Tuple[str, str, str]]:
+    """(case id, reference path, prediction path) for every reference file; errors on missing predictions unless
+    ``chill`` (``nnUNetv2_evaluate_folder --chill``: only references with a prediction are scored)."""
     for name, folder in (("reference", ref_dir), ("prediction", pred_dir)):
         if not os.path.isdir(folder):
             raise EvaluationInputError(f"{name} folder {folder} does not exist or is not a folder")
@@ -91,8 +101,12 @@ def pair_cases(ref_dir: str, pred_dir: str, file_ending: str) -> List[Tuple[str,
     missing = [f for f in ref_files if f not in pred_files]
     if missing:
         shown = ", ".join(missing[:20]) + (f" ... ({len(missing)} in total)" if len(missing) > 20 else "")
-        raise EvaluationInputError(f"{len(missing)} reference case(s) have no prediction in {pred_dir}: {shown}. "
-                                   f"Predictions must have the same file names as the references.")
+        if not chill or len(missing) == len(ref_files):
+            raise EvaluationInputError(f"{len(missing)} reference case(s) have no prediction in {pred_dir}: {shown}. "
+                                       f"Predictions must have the same file names as the references"
+                                       + ("." if chill else " (--chill scores only the cases that have one)."))
+        warnings.warn(f"--chill: {len(missing)} reference case(s) without prediction are not scored: {shown}")
+        ref_files = [f for f in ref_files if f in pred_files]
     extra = sorted(pred_files - set(ref_files))
     if extra:
         warnings.warn(f"{len(extra)} prediction file(s) without a reference are ignored: {', '.join(extra[:10])}")
@@ -153,14 +167,19 @@ def labels_in_references(ref_paths: Sequence[str], reader_writer_class) -> List[
     return sorted(v for v in found if v != 0)
 
 
+def _read_json_key(path: str, key: str, flag: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)[key]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise EvaluationInputError(f"cannot read the '{key}' entry of {flag} {path} ({type(e).__name__}: {e}); "
+                                   f"pass nnU-Net's dataset.json / plans file") from None
+
+
 def label_names_from_dataset_json(path: Optional[str]) -> Dict[int, str]:
     if path is None:
         return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            labels = json.load(f)["labels"]
-    except (OSError, ValueError, KeyError) as e:
-        raise EvaluationInputError(f"cannot read the 'labels' entry of --dataset-json {path}: {e}") from e
+    labels = _read_json_key(path, "labels", "-djfile/--dataset-json")
     # nnU-Net maps name -> int (or a list/tuple for regions, which have no single label value)
     return {int(v): name for name, v in labels.items() if isinstance(v, int)}
 
@@ -274,8 +293,11 @@ def evaluate_folders(ref_dir: str, pred_dir: str, labels: Optional[Sequence[int]
                      seed: int = 0, headline_units: str = "voxel", lcc: bool = False,
                      band_width: float = DEFAULT_BAND_WIDTH, band_around: str = "both",
                      file_ending: Optional[str] = None, dataset_json: Optional[str] = None,
-                     num_processes: int = 1) -> dict:
-    """Evaluate all reference cases and return the JSON-ready result (settings, cases, summary)."""
+                     num_processes: int = 1, plans_json: Optional[str] = None, chill: bool = False) -> dict:
+    """Evaluate all reference cases and return the JSON-ready result (settings, cases, summary).
+
+    ``dataset_json`` names the labels and, without ``file_ending``, gives the file ending; ``plans_json`` gives the
+    image reader (nnU-Net's ``-djfile``/``-pfile``); otherwise both come from the reference files."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
 
     if headline_units not in ("voxel", "mm"):
@@ -284,10 +306,20 @@ def evaluate_folders(ref_dir: str, pred_dir: str, labels: Optional[Sequence[int]
         raise EvaluationInputError(f"--bootstrap must be >= 0, got {bootstrap}")
     if band_width < 0:
         raise EvaluationInputError(f"--band must be >= 0, got {band_width}")
+    if file_ending is None and dataset_json is not None:
+        file_ending = _read_json_key(dataset_json, "file_ending", "-djfile/--dataset-json")
     if os.path.isdir(ref_dir) and file_ending is None:
         file_ending = detect_file_ending(ref_dir)
-    pairs = pair_cases(ref_dir, pred_dir, file_ending)
-    reader_writer_class = determine_reader_writer_from_file_ending(file_ending, pairs[0][1], verbose=False)
+    pairs = pair_cases(ref_dir, pred_dir, file_ending, chill)
+    if plans_json is not None:
+        from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
+        name = _read_json_key(plans_json, "image_reader_writer", "-pfile/--plans-json")
+        try:
+            reader_writer_class = recursive_find_reader_writer_by_name(name)
+        except RuntimeError as e:
+            raise EvaluationInputError(f"-pfile/--plans-json {plans_json}: {e}") from None
+    else:
+        reader_writer_class = determine_reader_writer_from_file_ending(file_ending, pairs[0][1], verbose=False)
     labels = sorted(set(int(l) for l in labels)) if labels else labels_in_references([p[1] for p in pairs],
                                                                                      reader_writer_class)
     if not labels:
@@ -333,13 +365,26 @@ def evaluate_folders(ref_dir: str, pred_dir: str, labels: Optional[Sequence[int]
             "summary": build_summary(cases, labels, bootstrap, seed, headline_units)}
 
 
-def write_outputs(result: dict, output_dir: str, overwrite: bool = False) -> List[str]:
-    paths = [os.path.join(output_dir, name) for name in OUTPUT_NAMES]
+def output_paths(output: str) -> List[str]:
+    """The .json, .csv and .md outputs: ``metrics.*`` in a folder, or ``<stem>.*`` for ``-o <stem>.json``."""
+    if output.lower().endswith(".json"):
+        stem = output[:-len(".json")]
+        return [stem + ".json", stem + ".csv", stem + ".md"]
+    return [os.path.join(output, name) for name in OUTPUT_NAMES]
+
+
+def _refuse_existing(paths: Sequence[str], overwrite: bool) -> None:
     existing = [p for p in paths if os.path.exists(p)]
     if existing and not overwrite:
         raise EvaluationInputError(f"output file(s) already exist: {', '.join(existing)}; choose another -o or pass "
                                    f"--overwrite")
-    os.makedirs(output_dir, exist_ok=True)
+
+
+def write_outputs(result: dict, output_dir: str, overwrite: bool = False) -> List[str]:
+    """Write metrics.json/.csv/.md into the folder ``output_dir`` (or beside ``output_dir`` if it names a .json)."""
+    paths = output_paths(output_dir)
+    _refuse_existing(paths, overwrite)
+    os.makedirs(os.path.dirname(os.path.abspath(paths[0])), exist_ok=True)
     settings = result["settings"]
     labels = settings["labels"]
     names = {int(k): v for k, v in settings["label_names"].items()}
@@ -354,12 +399,18 @@ def write_outputs(result: dict, output_dir: str, overwrite: bool = False) -> Lis
 # ------------------------------------------------------------------------------------------------------------ cli
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nnUNetv2_ssl_evaluate",
+        prog=PROG,
+        usage=f"{PROG} -ref REF -pred PRED [options]\n       {PROG} REF PRED [-djfile DJ] [-pfile PLANS] [options]",
         description="Evaluate predicted segmentations like the SSL papers: per case and class Dice, Jaccard, 95HD, "
                     "ASD (medpy semantics; distances in voxels and mm) and boundary-region Dice, optional largest "
-                    "connected component and bootstrap over cases. Writes metrics.json, metrics.csv, metrics.md.")
-    parser.add_argument("-ref", required=True, help="folder with the reference segmentations")
-    parser.add_argument("-pred", required=True, help="folder with the predictions (same file names as -ref)")
+                    "connected component and bootstrap over cases. Writes metrics.json, metrics.csv, metrics.md. "
+                    "Also takes nnUNetv2_evaluate_folder's form: gt_folder pred_folder -djfile -pfile -o -np --chill.")
+    parser.add_argument("gt_folder", nargs="?", default=None,
+                        help="folder with the reference segmentations (nnUNetv2_evaluate_folder's form; or -ref)")
+    parser.add_argument("pred_folder", nargs="?", default=None,
+                        help="folder with the predictions (nnUNetv2_evaluate_folder's form; or -pred)")
+    parser.add_argument("-ref", default=None, help="folder with the reference segmentations")
+    parser.add_argument("-pred", default=None, help="folder with the predictions (same file names as -ref)")
     parser.add_argument("-l", "--labels", type=int, nargs="+", default=None,
                         help="labels to score (default: all non-zero labels found in the references)")
     parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
@@ -377,31 +428,47 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--band-around", choices=("both", "reference"), default="both",
                         help="band around both the reference and predicted surfaces (default) or the reference only")
     parser.add_argument("--file-ending", default=None,
-                        help="segmentation file ending, e.g. .nii.gz (default: detected from -ref)")
-    parser.add_argument("--dataset-json", default=None, help="dataset.json to name the labels in the outputs")
+                        help="segmentation file ending, e.g. .nii.gz (default: from -djfile, else detected)")
+    parser.add_argument("-djfile", "--dataset-json", dest="dataset_json", default=None,
+                        help="nnU-Net's dataset.json: names the labels in the outputs and gives the file ending")
+    parser.add_argument("-pfile", "--plans-json", dest="plans_json", default=None,
+                        help="nnU-Net's plans file: its image reader reads the files (default: chosen by ending)")
     parser.add_argument("-o", "--output", default=None,
-                        help="output folder (default: <pred>/ssl_evaluation)")
-    parser.add_argument("--overwrite", action="store_true", help="replace existing metrics.* files in the output")
+                        help="output folder for metrics.json/.csv/.md, or a .json file (its .csv/.md go beside "
+                             "it) (default: <pred>/ssl_evaluation)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("--chill", action="store_true",
+                        help="score only the references that have a prediction (as nnUNetv2_evaluate_folder)")
     return parser
 
 
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Both forms into ``args.ref``/``args.pred``."""
+    parser = build_parser()
+    args = parser.parse_intermixed_args(argv)  # folders may come after options, as argparse allows elsewhere
+    positional = [f for f in (args.gt_folder, args.pred_folder) if f is not None]
+    if positional and (args.ref is not None or args.pred is not None):
+        parser.error("give the folders either as gt_folder pred_folder (nnUNetv2_evaluate_folder's form) or with "
+                     "-ref/-pred, not both")
+    if positional:
+        if len(positional) != 2:
+            parser.error("nnUNetv2_evaluate_folder's form needs both folders: gt_folder pred_folder")
+        args.ref, args.pred = args.gt_folder, args.pred_folder
+    elif args.ref is None or args.pred is None:
+        parser.error("the reference and prediction folders are required: -ref REF -pred PRED, or REF PRED")
+    return args
+
+
+@exits_on_user_error(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    output_dir = args.output if args.output is not None else os.path.join(args.pred, "ssl_evaluation")
-    try:
-        # check the outputs before the (possibly long) evaluation
-        existing = [os.path.join(output_dir, n) for n in OUTPUT_NAMES if os.path.exists(os.path.join(output_dir, n))]
-        if existing and not args.overwrite:
-            raise EvaluationInputError(f"output file(s) already exist: {', '.join(existing)}; choose another -o or "
-                                       f"pass --overwrite")
-        result = evaluate_folders(args.ref, args.pred, args.labels, args.bootstrap, args.seed, args.units, args.lcc,
-                                  args.band, args.band_around, args.file_ending, args.dataset_json,
-                                  args.num_processes)
-        paths = write_outputs(result, output_dir, args.overwrite)
-    except EvaluationInputError as e:
-        print(f"nnUNetv2_ssl_evaluate: error: {e}", file=sys.stderr)
-        return 1
+    args = parse_args(argv)
+    output = args.output if args.output is not None else os.path.join(args.pred, "ssl_evaluation")
+    _refuse_existing(output_paths(output), args.overwrite)  # before the (possibly long) evaluation
+    result = evaluate_folders(args.ref, args.pred, args.labels, args.bootstrap, args.seed, args.units, args.lcc,
+                              args.band, args.band_around, args.file_ending, args.dataset_json,
+                              args.num_processes, args.plans_json, args.chill)
+    paths = write_outputs(result, output, args.overwrite)
     with open(paths[2], encoding="utf-8") as f:
         print(f.read())
     print("Wrote " + ", ".join(paths))

@@ -148,11 +148,17 @@ def test_lcc_labels_and_mm_headline(folders, tmp_path):
     assert "95HD (mm)" in markdown and "Largest connected component per class: yes" in markdown
 
 
+def user_error(argv) -> None:
+    """main(argv) ends with a user error: exit code 2 (the message goes to stderr)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+
+
 def test_missing_prediction_is_named(folders, tmp_path, capsys):
     ref_dir, pred_dir, _ = folders
     os.remove(pred_dir / "case_b.nii.gz")
-    code = main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "eval")])
-    assert code == 1
+    user_error(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "eval")])
     error = capsys.readouterr().err
     assert "case_b.nii.gz" in error and str(pred_dir) in error
     assert not (tmp_path / "eval").exists()
@@ -161,7 +167,7 @@ def test_missing_prediction_is_named(folders, tmp_path, capsys):
 def test_shape_mismatch_is_named(folders, tmp_path, capsys):
     ref_dir, pred_dir, _ = folders
     write_seg(pred_dir / "case_c.nii.gz", np.zeros((12, 16, 15), dtype=np.uint8))
-    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "eval")]) == 1
+    user_error(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "eval")])
     error = capsys.readouterr().err
     assert "shape mismatch" in error and "case_c.nii.gz" in error
 
@@ -169,7 +175,7 @@ def test_shape_mismatch_is_named(folders, tmp_path, capsys):
 def test_spacing_mismatch_is_named(folders, tmp_path, capsys):
     ref_dir, pred_dir, cases = folders
     write_seg(pred_dir / "case_a.nii.gz", cases["case_a"][1], spacing_xyz=(1.0, 1.0, 3.0))
-    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "eval")]) == 1
+    user_error(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "eval")])
     error = capsys.readouterr().err
     assert "spacing mismatch" in error and "case_a.nii.gz" in error
 
@@ -179,7 +185,7 @@ def test_existing_outputs_are_not_overwritten(folders, tmp_path, capsys):
     out_dir = tmp_path / "eval"
     out_dir.mkdir()
     (out_dir / "metrics.json").write_text("keep me")
-    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(out_dir)]) == 1
+    user_error(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(out_dir)])
     assert "--overwrite" in capsys.readouterr().err
     assert (out_dir / "metrics.json").read_text() == "keep me"
     assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(out_dir), "--overwrite"]) == 0
@@ -220,3 +226,43 @@ def test_2d_png_cases_are_scored_in_2d(tmp_path):
     expected = binary_case_metrics(pred == 1, ref == 1, (1.0, 1.0), 3)
     for key in ("hd95_voxel", "asd_voxel", "boundary_dice"):
         assert stored[key] == pytest.approx(expected[key])
+
+
+def test_nnunet_evaluate_folder_form(folders, tmp_path):
+    """nnUNetv2_evaluate_folder's form: positional folders, -djfile (label names, file ending), -pfile (reader),
+    -o naming a .json file, -np, --chill."""
+    ref_dir, pred_dir, _ = folders
+    dj, plans = tmp_path / "dataset.json", tmp_path / "nnUNetPlans.json"
+    dj.write_text(json.dumps({"labels": {"background": 0, "organ": 1, "vessel": 2}, "file_ending": ".nii.gz"}))
+    plans.write_text(json.dumps({"image_reader_writer": "SimpleITKIO"}))
+    (ref_dir / "notes.txt").write_text("not a segmentation")  # the ending comes from -djfile, no detection needed
+    os.remove(pred_dir / "case_b.nii.gz")
+    out = tmp_path / "out" / "summary.json"
+    with pytest.warns(UserWarning, match="case_b"):
+        assert main([str(ref_dir), str(pred_dir), "-djfile", str(dj), "-pfile", str(plans), "-o", str(out),
+                     "-np", "1", "--chill", "-l", "1", "2"]) == 0
+    result = json.loads(out.read_text())
+    assert [c["case"] for c in result["cases"]] == ["case_a", "case_c"]
+    assert result["settings"]["label_names"] == {"1": "organ", "2": "vessel"}
+    assert result["settings"]["reader_writer"] == "SimpleITKIO"
+    assert (tmp_path / "out" / "summary.csv").is_file() and (tmp_path / "out" / "summary.md").is_file()
+    # the same folders through the -ref/-pred form give the same numbers
+    with pytest.warns(UserWarning, match="case_b"):
+        assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "eval"), "--chill",
+                     "--file-ending", ".nii.gz"]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"] == result["summary"]
+
+
+def test_mixed_or_incomplete_forms_are_usage_errors(folders, capsys):
+    ref_dir, pred_dir, _ = folders
+    user_error([str(ref_dir), str(pred_dir), "-ref", str(ref_dir)])
+    assert "not both" in capsys.readouterr().err
+    user_error([str(ref_dir)])
+    assert "gt_folder pred_folder" in capsys.readouterr().err
+
+
+def test_user_error_is_one_line(folders, tmp_path, capsys):
+    ref_dir, _, _ = folders
+    user_error([str(ref_dir), str(tmp_path / "missing")])
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"nnUNetv2_ssl_evaluate: error: prediction folder {tmp_path / 'missing'} does not exist or is not a folder"]
