@@ -99,7 +99,7 @@ def write_budget_split(paths: dict, budget_root: str, num_labeled: int, num_val:
                                          f"another benchmark: use a new --output")
             return expected
         try:
-            ssl_split.main(["-d", paths["name"], "--labeled", str(num_labeled), "--val", str(num_val), "--folds",
+            ssl_split.main(["-d", paths["name"], "--labeled", str(num_labeled), "--num-val", str(num_val), "--folds",
                             str(num_folds), "--seed", str(seed)])
         except SystemExit as e:
             if e.code:

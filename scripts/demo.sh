@@ -22,7 +22,7 @@ if [ ! -f "$nnUNet_preprocessed/Dataset990_SyntheticSSL/nnUNetPlans.json" ]; the
 fi
 nnUNetv2_ssl_preprocess_unlabeled -d 990 -c 3d_fullres -np 2
 # 3 labelled cases per fold; the other training cases' labels are hidden (used only for pseudo-label diagnostics)
-[ -f "$nnUNet_preprocessed/Dataset990_SyntheticSSL/splits_final.json" ] || nnUNetv2_ssl_split -d 990 --labeled 3 --val 3
+[ -f "$nnUNet_preprocessed/Dataset990_SyntheticSSL/splits_final.json" ] || nnUNetv2_ssl_split -d 990 --labeled 3 --num-val 3
 
 if [ "$DEVICE" = cpu ]; then export nnUNet_compile=f; fi
 if [ -f "$nnUNet_results/Dataset990_SyntheticSSL/${TRAINER}__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth" ]; then

@@ -4,6 +4,10 @@ Each fold is ``{"train": [labelled], "val": [held out], "unlabeled": [training c
 semi-supervised trainers must not see]}``. Stock nnU-Net reads only ``train`` and ``val``, so the same file gives
 the labelled-only baseline. Caveat: the hidden labels did take part in nnU-Net's planning (fingerprint intensity
 statistics); for strict experiments put unlabelled cases in ``imagesUnlabeled`` instead.
+
+nnU-Net's ``do_split`` reads such a file only for a fold it lists: with fold ``all``, or a fold number beyond the
+list, it trains on every ``imagesTr`` case with its label. :func:`check_fold_keeps_labels_hidden` refuses those folds
+(the semi-supervised trainers and ``scripts/benchmark_ssl.py`` call it).
 """
 import argparse
 import os
@@ -15,11 +19,14 @@ from typing import List, Optional, Sequence
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, save_json
 
+from nnunet_ssl.errors import UserError, exits_on_user_error, resolve_dataset_name
+
 SPLITS_FILE = "splits_final.json"
+PROG = "nnUNetv2_ssl_split"
 
 
-class SplitError(ValueError):
-    pass
+class SplitError(UserError):
+    """A bad split setting or split file; the message names it and the fix."""
 
 
 def make_label_budget_splits(identifiers: Sequence[str], num_labeled: int, num_val: Optional[int] = None,
@@ -39,14 +46,14 @@ def make_label_budget_splits(identifiers: Sequence[str], num_labeled: int, num_v
     if num_labeled < 1:
         raise SplitError(f"--labeled must be at least 1, got {num_labeled}")
     if num_val < 1:
-        raise SplitError(f"--val must be at least 1 (nnU-Net validates every epoch), got {num_val}")
+        raise SplitError(f"--num-val must be at least 1 (nnU-Net validates every epoch), got {num_val}")
     if num_labeled + num_val > n:
-        raise SplitError(f"--labeled {num_labeled} + --val {num_val} exceeds the {n} training cases")
+        raise SplitError(f"--labeled {num_labeled} + --num-val {num_val} exceeds the {n} training cases")
     max_folds = n // num_val
     if num_folds is None:
         num_folds = min(5, max_folds)
     if not 1 <= num_folds <= max_folds:
-        raise SplitError(f"--folds {num_folds}: with {n} cases and --val {num_val} at most {max_folds} folds have "
+        raise SplitError(f"--folds {num_folds}: with {n} cases and --num-val {num_val} at most {max_folds} folds have "
                          f"disjoint validation sets")
     perm = [ids[i] for i in np.random.default_rng(seed).permutation(n)]
     splits = []
@@ -87,31 +94,106 @@ def training_identifiers(dataset_name: str) -> List[str]:
     return sorted(f[:-len(dj["file_ending"])] for f in os.listdir(gt) if f.endswith(dj["file_ending"]))
 
 
+def read_splits(preprocessed_dataset_folder: str) -> Optional[List[dict]]:
+    """The folds of ``splits_final.json`` in a preprocessed dataset folder, or None if there is none."""
+    target = join(preprocessed_dataset_folder, SPLITS_FILE)
+    if not isfile(target):
+        return None
+    try:
+        splits = load_json(target)
+    except ValueError as e:
+        raise SplitError(f"{target} is not valid JSON ({e}). Fix it, or rewrite it with `nnUNetv2_ssl_split ... "
+                         f"--force`.") from None
+    if not isinstance(splits, list) or not all(isinstance(s, dict) for s in splits):
+        raise SplitError(f"{target} must hold a list of folds ({{'train': [...], 'val': [...]}}); rewrite it with "
+                         f"`nnUNetv2_ssl_split ... --force`.")
+    return splits
+
+
+def hidden_label_cases(splits: Sequence[dict]) -> List[str]:
+    """Cases whose labels some fold hides (the union of the folds' ``unlabeled`` lists)."""
+    return sorted({c for s in splits for c in s.get("unlabeled", [])})
+
+
+def check_fold_keeps_labels_hidden(preprocessed_dataset_folder: str, fold, dataset: str = "DatasetXXX") -> None:
+    """Refuse a fold for which nnU-Net would train on labels that ``splits_final.json`` hides.
+
+    When a fold of the split file lists ``unlabeled`` cases, nnU-Net's ``do_split`` would still train on them with
+    their labels for fold ``'all'`` (every case) and for a fold number the file does not list (a random 80:20 split
+    of every case): a "semi-supervised" run that is fully supervised. ``dataset`` only fills in the commands the
+    message suggests. Raises ``SplitError``; returns None when the fold is safe (or there is no split file).
+    """
+    splits = read_splits(preprocessed_dataset_folder)
+    if splits is None:
+        return
+    hidden = hidden_label_cases(splits)
+    if not hidden:
+        return
+    target = join(preprocessed_dataset_folder, SPLITS_FILE)
+    n = len(splits)
+    use = "fold 0" if n == 1 else f"one of its folds 0..{n - 1}"
+    what = f"{target} hides the labels of {len(hidden)} training case(s) (its folds' 'unlabeled' lists), but"
+    if str(fold) == "all":
+        raise SplitError(f"{what} with fold 'all' nnU-Net trains on every imagesTr case with its label, so the "
+                         f"semi-supervised run would be fully supervised. Train {use} instead. To train on all "
+                         f"labelled cases, move {target} aside: the semi-supervised trainers then take their "
+                         f"unlabelled cases from imagesUnlabeled only.")
+    try:
+        index = int(fold)
+    except (TypeError, ValueError):
+        raise SplitError(f"fold {fold!r} is neither a number nor 'all'.") from None
+    if not 0 <= index < n:
+        raise SplitError(f"{what} it has {n} fold(s) and fold {fold} is not one of them; for a fold it does not "
+                         f"list nnU-Net trains on a random 80:20 split of every imagesTr case with its label. Train "
+                         f"{use}, or write more folds with `nnUNetv2_ssl_split -d {dataset} --labeled N --folds K "
+                         f"--force`.")
+
+
+def fold_unlabeled_cases(preprocessed_dataset_folder: str, fold, labelled_cases: Sequence[str]) -> List[str]:
+    """The ``unlabeled`` cases of ``fold`` (after :func:`check_fold_keeps_labels_hidden`); refuses a fold whose
+    ``unlabeled`` list shares cases with ``labelled_cases`` (its ``train`` and ``val``)."""
+    splits = read_splits(preprocessed_dataset_folder) or []
+    if str(fold) == "all" or not 0 <= int(fold) < len(splits):
+        return []
+    unlabeled = list(splits[int(fold)].get("unlabeled", []))
+    overlap = set(unlabeled) & set(labelled_cases)
+    if overlap:
+        raise SplitError(f"{join(preprocessed_dataset_folder, SPLITS_FILE)}, fold {fold}: cases {sorted(overlap)} "
+                         f"are listed as 'unlabeled' and also in 'train' or 'val'. Fix the split "
+                         f"(`nnUNetv2_ssl_split ... --force` writes a consistent one).")
+    return unlabeled
+
+
+@exits_on_user_error(PROG)
 def main(argv: Optional[Sequence[str]] = None):
     from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    p = argparse.ArgumentParser(prog="nnUNetv2_ssl_split",
+    p = argparse.ArgumentParser(prog=PROG,
                                 description="Write a label-budget splits_final.json (train / val / unlabeled).")
     p.add_argument("-d", required=True, help="dataset name or id")
     p.add_argument("--labeled", type=int, required=True, help="number of labelled training cases per fold")
-    p.add_argument("--val", type=int, default=None, help="validation cases per fold (default 20%% of cases)")
+    p.add_argument("--num-val", type=int, default=None,
+                   help="number of validation cases per fold (default 20%% of cases)")
+    # the old spelling read like nnUNetv2_train --val (validation only); kept as a deprecated alias
+    p.add_argument("--val", dest="val_deprecated", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--folds", type=int, default=None, help="number of folds (default: up to 5 disjoint ones)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an existing splits_final.json")
     p.add_argument("--backup", action="store_true", help="with --force: keep the old file as a timestamped .bak")
     args = p.parse_args(argv)
-    try:
-        if not nnUNet_preprocessed.is_set():
-            raise SplitError("Environment variable nnUNet_preprocessed is not set.")
-        name = maybe_convert_to_dataset_name(args.d)
-        pre = join(os.fspath(nnUNet_preprocessed), name)
-        if not os.path.isdir(pre):
-            raise SplitError(f"{pre} does not exist. Run `nnUNetv2_plan_and_preprocess -d {args.d}` first.")
-        splits = make_label_budget_splits(training_identifiers(name), args.labeled, args.val, args.folds, args.seed)
-        target = write_splits(splits, pre, args.force, args.backup)
-    except SplitError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        sys.exit(2)
+    if args.val_deprecated is not None:
+        if args.num_val is not None:
+            p.error("--val is the deprecated spelling of --num-val; give only --num-val")
+        print(f"{PROG}: warning: --val is deprecated and will be removed; use --num-val {args.val_deprecated} "
+              f"(a number of validation cases, unlike nnUNetv2_train's --val).", file=sys.stderr)
+        args.num_val = args.val_deprecated
+    if not nnUNet_preprocessed.is_set():
+        raise SplitError("Environment variable nnUNet_preprocessed is not set (see nnU-Net's setting_up_paths.md).")
+    name = resolve_dataset_name(args.d)
+    pre = join(os.fspath(nnUNet_preprocessed), name)
+    if not os.path.isdir(pre):
+        raise SplitError(f"{pre} does not exist. Run `nnUNetv2_plan_and_preprocess -d {args.d}` first.")
+    splits = make_label_budget_splits(training_identifiers(name), args.labeled, args.num_val, args.folds, args.seed)
+    target = write_splits(splits, pre, args.force, args.backup)
     s = splits[0]
     print(f"Wrote {target}: {len(splits)} fold(s); fold 0 has {len(s['train'])} labelled, {len(s['unlabeled'])} "
           f"unlabelled (labels hidden) and {len(s['val'])} validation cases.")
