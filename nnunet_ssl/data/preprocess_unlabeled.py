@@ -2,24 +2,27 @@
 
 nnU-Net's own preprocessing CLIs need a label for every case, so unlabelled images go through nnU-Net's
 preprocessor class (the plans' ``preprocessor_name``) case by case with ``seg_file=None``, into a folder beside
-nnU-Net's (see ``unlabeled_preprocessed_folder``). Nothing is ever written into ``nnUNet_raw``.
+nnU-Net's (see ``unlabeled_preprocessed_folder``). Nothing is ever written into ``nnUNet_raw``. The manifest beside
+the folder records the cases and what they were made from (plans identifier, ``preprocessing_fingerprint``), which
+the trainers check at training start.
 """
 import argparse
 import multiprocessing
 import os
 import re
 import shutil
-import sys
 from typing import Dict, List, Optional, Sequence
 
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, save_json
+from tqdm import tqdm
 
-from nnunet_ssl.data.unlabeled_dataset import (UNLABELED_RAW_FOLDER, UNLABELED_REFERENCE_RAW_FOLDER, manifest_file,
+from nnunet_ssl.data.unlabeled_dataset import (UNLABELED_RAW_FOLDER, UNLABELED_REFERENCE_RAW_FOLDER,
+                                               UnlabeledDataError, manifest_file, preprocessing_fingerprint,
                                                unlabeled_preprocessed_folder)
+from nnunet_ssl.errors import exits_on_user_error, resolve_dataset_name
 
-
-class UnlabeledDataError(ValueError):
-    """Bad unlabelled input; the message names the file or setting and how to fix it."""
+PROG = "nnUNetv2_ssl_preprocess_unlabeled"
+__all__ = ["UnlabeledDataError", "collect_unlabeled_cases", "labelled_case_names", "preprocess_unlabeled", "main"]
 
 
 _SITK_HEADER_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".gipl", ".gipl.gz")
@@ -72,8 +75,8 @@ def collect_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict, labeled
     out = {}
     for case, channels in cases.items():
         if case in labeled:
-            raise UnlabeledDataError(f"{channels[min(channels)]}: case name '{case}' is also a labelled case in "
-                                     f"imagesTr. Rename the unlabelled case so names are unique.")
+            raise UnlabeledDataError(f"{channels[min(channels)]}: case name '{case}' is also a labelled case "
+                                     f"(imagesTr/labelsTr). Rename the unlabelled case so names are unique.")
         expected = list(range(n_channels))
         if sorted(channels) != expected:
             missing = sorted(set(expected) - set(channels))
@@ -98,6 +101,17 @@ def collect_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict, labeled
     return out
 
 
+def labelled_case_names(raw_dataset_folder: str, dataset_json: dict) -> List[str]:
+    """Names of the labelled cases: those of imagesTr (or dataset.json's dataTr) and of every file in labelsTr."""
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+    names = set(get_filenames_of_train_images_and_targets(raw_dataset_folder, dataset_json).keys())
+    labels_folder = join(raw_dataset_folder, "labelsTr")
+    ending = dataset_json["file_ending"]
+    if isdir(labels_folder):
+        names.update(f[:-len(ending)] for f in os.listdir(labels_folder) if f.endswith(ending))
+    return sorted(names)
+
+
 def _preprocess_one(args):
     preprocessor, out_trunc, files, seg_file, plans_manager, configuration_manager, dataset_json = args
     preprocessor.run_case_save(out_trunc, files, seg_file, plans_manager, configuration_manager, dataset_json)
@@ -109,21 +123,20 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: Sequence[str] = ("3
                          verbose: bool = True) -> Dict[str, str]:
     """Preprocess every ``imagesUnlabeled`` case for each configuration; returns {configuration: output folder}."""
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
     for var, val in (("nnUNet_raw", nnUNet_raw), ("nnUNet_preprocessed", nnUNet_preprocessed)):
         if not val.is_set():
             raise UnlabeledDataError(f"Environment variable {var} is not set (see nnU-Net's setting_up_paths.md).")
-    dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
+    dataset_name = resolve_dataset_name(dataset_name_or_id)
     raw_folder = join(os.fspath(nnUNet_raw), dataset_name)
     pre_base = join(os.fspath(nnUNet_preprocessed), dataset_name)
     plans_file = join(pre_base, plans_identifier + ".json")
     if not isfile(plans_file):
         raise UnlabeledDataError(f"Plans file {plans_file} not found. Run `nnUNetv2_plan_and_preprocess -d "
                                  f"{dataset_name_or_id}` (or with `-pl`/`-overwrite_plans_name` for "
-                                 f"'{plans_identifier}') first; unlabelled images are preprocessed with those plans.")
+                                 f"'{plans_identifier}') first, or pass the plans identifier with -p; unlabelled "
+                                 f"images are preprocessed with those plans.")
     raw_json_file = join(raw_folder, "dataset.json")
     if not isfile(raw_json_file):
         raise UnlabeledDataError(f"{raw_json_file} not found.")
@@ -135,7 +148,7 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: Sequence[str] = ("3
         if c not in available:
             raise UnlabeledDataError(f"Configuration '{c}' is not in {plans_file}; available: {available}.")
 
-    labeled = list(get_filenames_of_train_images_and_targets(raw_folder, dataset_json).keys())
+    labeled = labelled_case_names(raw_folder, dataset_json)
     cases = collect_unlabeled_cases(raw_folder, dataset_json, labeled, plans_manager.image_reader_writer_class)
     ref_folder = join(raw_folder, UNLABELED_REFERENCE_RAW_FOLDER)
     references = {c: join(ref_folder, c + dataset_json["file_ending"]) for c in cases
@@ -155,35 +168,43 @@ def preprocess_unlabeled(dataset_name_or_id, configurations: Sequence[str] = ("3
         if verbose:
             print(f"Preprocessing {len(jobs)} unlabelled case(s) for configuration {c} into {out_folder}"
                   + (f" ({len(references)} with hidden reference masks from {ref_folder})" if references else ""))
-        if num_processes > 1:
-            with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
-                list(pool.imap_unordered(_preprocess_one, jobs))
-        else:
-            for j in jobs:
-                _preprocess_one(j)
+        # a progress bar like nnU-Net's preprocessing (DefaultPreprocessor.run)
+        with tqdm(desc="Preprocessing unlabelled cases", total=len(jobs), disable=not verbose) as pbar:
+            if num_processes > 1:
+                with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
+                    for _ in pool.imap_unordered(_preprocess_one, jobs):
+                        pbar.update()
+            else:
+                for j in jobs:
+                    _preprocess_one(j)
+                    pbar.update()
+        if isfile(manifest_file(out_folder)):  # manifest first: an interrupted swap never leaves a stale one
+            os.remove(manifest_file(out_folder))
         shutil.rmtree(out_folder, ignore_errors=True)
         os.replace(tmp_folder, out_folder)
         save_json({"cases": sorted(cases), "cases_with_reference": sorted(references),
-                   "plans": plans_identifier, "configuration": c}, manifest_file(out_folder))
+                   "plans": plans_identifier, "configuration": c, "data_identifier": cm.data_identifier,
+                   "fingerprint": preprocessing_fingerprint(plans_manager, cm, dataset_json)},
+                  manifest_file(out_folder))
         outputs[c] = out_folder
     return outputs
 
 
+@exits_on_user_error(PROG)
 def main(argv: Optional[Sequence[str]] = None):
     parser = argparse.ArgumentParser(
-        prog="nnUNetv2_ssl_preprocess_unlabeled",
+        prog=PROG,
         description="Preprocess nnUNet_raw/DatasetXXX/imagesUnlabeled with the dataset's existing nnU-Net plans, "
-                    "into nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabeled/.")
+                    "into nnUNet_preprocessed/DatasetXXX/<data_identifier>_unlabeled/ (an existing folder is "
+                    "replaced once all cases are done).")
     parser.add_argument("-d", required=True, help="dataset name or id")
     parser.add_argument("-c", nargs="+", default=["3d_fullres"], help="configurations (default: 3d_fullres)")
-    parser.add_argument("-plans_name", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
+    parser.add_argument("-p", "-plans_name", dest="plans_name", default="nnUNetPlans",
+                        help="plans identifier (default: nnUNetPlans); -p as in nnUNetv2_train, -plans_name as in "
+                             "nnUNetv2_preprocess")
     parser.add_argument("-np", type=int, default=1, help="number of processes (default: 1)")
     args = parser.parse_args(argv)
-    try:
-        preprocess_unlabeled(args.d, args.c, args.plans_name, args.np)
-    except UnlabeledDataError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        sys.exit(2)
+    preprocess_unlabeled(args.d, args.c, args.plans_name, args.np)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,19 @@
-"""Unlabelled cases as an nnU-Net dataset, so nnU-Net's own loader and augmentation can serve them."""
-from typing import Dict, List
+"""Unlabelled cases as an nnU-Net dataset, so nnU-Net's own loader and augmentation can serve them; the manifest
+that records what an unlabelled folder was made from, and the check of it against a trainer's plans."""
+import json
+from typing import Dict, List, Sequence
 
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset, infer_dataset_class
 
+from nnunet_ssl.errors import UserError
+
 UNLABELED_RAW_FOLDER = "imagesUnlabeled"
 UNLABELED_REFERENCE_RAW_FOLDER = "labelsUnlabeled"  # optional hidden masks, read only by diagnostics
+
+
+class UnlabeledDataError(UserError):
+    """Bad or stale unlabelled data; the message names the file or setting and how to fix it."""
 
 
 def unlabeled_preprocessed_folder(preprocessed_dataset_base: str, data_identifier: str) -> str:
@@ -24,6 +32,74 @@ def manifest_file(unlabeled_folder: str) -> str:
 def read_manifest(folder: str) -> dict:
     f = manifest_file(folder)
     return load_json(f) if isfile(f) else {"cases": [], "cases_with_reference": []}
+
+
+def preprocessing_fingerprint(plans_manager, configuration_manager, dataset_json: dict) -> dict:
+    """Everything of the plans and dataset.json that the preprocessed unlabelled images depend on.
+
+    Target spacing, axis transpose, normalisation (schemes, mask use, and the labelled cases' intensity statistics
+    that CT normalisation uses), resampling functions, preprocessor, image reader and channel names. Patch size,
+    batch size and network settings do not change preprocessed data and are left out, so plans that share a
+    ``data_identifier`` (as nnU-Net allows) share the folder. JSON types, as stored in the manifest.
+    """
+    c = configuration_manager.configuration
+    fingerprint = {
+        "preprocessor_name": configuration_manager.preprocessor_name,
+        "spacing": configuration_manager.spacing,
+        "transpose_forward": plans_manager.transpose_forward,
+        "normalization_schemes": configuration_manager.normalization_schemes,
+        "use_mask_for_norm": configuration_manager.use_mask_for_norm,
+        "foreground_intensity_properties_per_channel": plans_manager.foreground_intensity_properties_per_channel,
+        "resampling_fn_data": c.get("resampling_fn_data"),
+        "resampling_fn_data_kwargs": c.get("resampling_fn_data_kwargs"),
+        "resampling_fn_seg": c.get("resampling_fn_seg"),
+        "resampling_fn_seg_kwargs": c.get("resampling_fn_seg_kwargs"),
+        "image_reader_writer": plans_manager.plans.get("image_reader_writer"),
+        "channel_names": dataset_json.get("channel_names", dataset_json.get("modality")),
+    }
+    return json.loads(json.dumps(fingerprint))
+
+
+def _short(value, limit: int = 70) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_unlabeled_folder(folder: str, plans_manager, configuration_manager, configuration_name: str,
+                           dataset_json: dict, labelled_cases: Sequence[str]) -> dict:
+    """The manifest of an unlabelled folder, once it is known to fit a trainer's plans and data.
+
+    Refuses (``UnlabeledDataError``, naming the command that fixes it): a folder without manifest, a manifest
+    without fingerprint (written before fingerprints were recorded: it cannot be checked), a fingerprint that
+    differs from ``preprocessing_fingerprint`` of these plans (re-planned since), and unlabelled cases that have the
+    name of a labelled case (``labelled_cases``, e.g. after the dataset was converted again).
+    """
+    fix = (f"Run `nnUNetv2_ssl_preprocess_unlabeled -d {plans_manager.dataset_name} -c {configuration_name} -p "
+           f"{plans_manager.plans_name}` (it replaces the folder).")
+    mf = manifest_file(folder)
+    if not isfile(mf):
+        raise UnlabeledDataError(f"{folder} has no case list {mf}, so which cases it holds and what it was made "
+                                 f"from are unknown. {fix}")
+    manifest = load_json(mf)
+    recorded = manifest.get("fingerprint")
+    if recorded is None:
+        raise UnlabeledDataError(f"{mf} was written by an older nnunet_ssl and does not record the plans and "
+                                 f"preprocessing settings {folder} was made with, so it cannot be checked against "
+                                 f"the current plans. {fix}")
+    expected = preprocessing_fingerprint(plans_manager, configuration_manager, dataset_json)
+    differing = [k for k in sorted(set(expected) | set(recorded)) if expected.get(k) != recorded.get(k)]
+    if differing:
+        changes = "; ".join(f"{k} was {_short(recorded.get(k))}, is {_short(expected.get(k))}" for k in differing)
+        raise UnlabeledDataError(f"{folder} is stale: the plans changed since it was preprocessed (then plans "
+                                 f"'{manifest.get('plans')}', configuration '{manifest.get('configuration')}'; now "
+                                 f"plans '{plans_manager.plans_name}', configuration '{configuration_name}'): "
+                                 f"{changes}. {fix}")
+    clash = sorted(set(manifest["cases"]) & set(labelled_cases))
+    if clash:
+        raise UnlabeledDataError(f"{mf}: unlabelled case(s) {clash[:10]}{' ...' if len(clash) > 10 else ''} have the "
+                                 f"name of labelled case(s) in imagesTr (was the dataset converted again?). Rename or "
+                                 f"remove them in imagesUnlabeled so names are unique, then: {fix}")
+    return manifest
 
 
 class UnlabeledDataset(nnUNetBaseDataset):

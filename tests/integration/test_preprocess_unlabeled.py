@@ -45,16 +45,27 @@ def _expect_error(raw, pre, capsys, *fragments):
     assert not (pre / "nnUNetPlans_3d_fullres_unlabeled.partial").exists()
 
 
-def test_preprocesses_with_existing_plans(dataset):
+def test_preprocesses_with_existing_plans(dataset, capsys):
     raw, pre = dataset
     before = _tree_digest(raw)
-    out = preprocess_unlabeled(992, ["3d_fullres"], verbose=False)["3d_fullres"]
+    out = preprocess_unlabeled(992, ["3d_fullres"], verbose=True)["3d_fullres"]
+    assert "Preprocessing unlabelled cases" in capsys.readouterr().err  # nnU-Net-style progress bar (tqdm)
     assert out == str(pre / "nnUNetPlans_3d_fullres_unlabeled")
     cases = sorted(p.name[:-len("_0000.nii.gz")] for p in (raw / "imagesUnlabeled").iterdir())
     assert sorted(p.name[:-5] for p in Path(out).glob("*.b2nd") if not p.name.endswith("_seg.b2nd")) == cases
     import json
     manifest = json.loads((pre / "nnUNetPlans_3d_fullres_unlabeled.json").read_text())
     assert manifest["cases"] == cases and manifest["cases_with_reference"] == cases  # labelsUnlabeled present
+    # what the folder was made from, checked by the trainers at training start
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunet_ssl.data.unlabeled_dataset import check_unlabeled_folder, preprocessing_fingerprint
+    pm = PlansManager(str(pre / "nnUNetPlans.json"))
+    dj = json.loads((pre / "dataset.json").read_text())
+    assert manifest["plans"] == "nnUNetPlans" and manifest["data_identifier"] == "nnUNetPlans_3d_fullres"
+    assert manifest["fingerprint"] == preprocessing_fingerprint(pm, pm.get_configuration("3d_fullres"), dj)
+    assert manifest["fingerprint"]["spacing"] == pm.get_configuration("3d_fullres").spacing
+    assert check_unlabeled_folder(out, pm, pm.get_configuration("3d_fullres"), "3d_fullres", dj, ["case_0000"]) \
+        == manifest
     assert _tree_digest(raw) == before
     # the unlabelled dataset serves them without class_locations and nnU-Net's loader accepts it
     from nnunet_ssl.data.unlabeled_dataset import UnlabeledDataset
@@ -88,6 +99,13 @@ def test_name_clash_with_labelled_case(dataset, capsys):
     raw, pre = dataset
     shutil.copy(raw / "imagesTr" / "case_0000_0000.nii.gz", raw / "imagesUnlabeled" / "case_0000_0000.nii.gz")
     _expect_error(raw, pre, capsys, "case_0000", "labelled case")
+
+
+def test_name_clash_with_a_labelsTr_case(dataset, capsys):
+    raw, pre = dataset
+    case = sorted((raw / "imagesUnlabeled").glob("*_0000.nii.gz"))[0].name[:-len("_0000.nii.gz")]
+    shutil.copy(raw / "labelsTr" / "case_0000.nii.gz", raw / "labelsTr" / f"{case}.nii.gz")
+    _expect_error(raw, pre, capsys, case, "labelled case")
 
 
 def test_missing_plans(dataset, capsys):
