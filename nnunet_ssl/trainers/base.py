@@ -34,7 +34,8 @@ from torch import autocast, nn
 
 from nnunet_ssl.augment.strong import StrongAugmentation
 from nnunet_ssl.data.splits import check_fold_keeps_labels_hidden, fold_unlabeled_cases
-from nnunet_ssl.data.unlabeled_dataset import UnlabeledDataset, check_unlabeled_folder, unlabeled_preprocessed_folder
+from nnunet_ssl.data.unlabeled_dataset import (UnlabeledDataError, UnlabeledDataset, check_unlabeled_folder,
+                                               unlabeled_preprocessed_folder)
 from nnunet_ssl.diagnostics import nanmean_or_nan, plot_ssl_progress
 from nnunet_ssl.modules.ema import EMATeacher, unwrap_network
 from nnunet_ssl.ramps import sigmoid_rampup
@@ -224,7 +225,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             sources[unl_folder] = list(manifest["cases"])
             self.hidden_truth_cases.update(manifest["cases_with_reference"])
         if not any(sources.values()):
-            raise RuntimeError(
+            raise UnlabeledDataError(
                 f"{type(self).__name__} found no unlabelled cases for {self.plans_manager.dataset_name}, "
                 f"configuration {self.configuration_name}, fold {self.fold}. Either put images into "
                 f"nnUNet_raw/{self.plans_manager.dataset_name}/imagesUnlabeled and run `nnUNetv2_ssl_preprocess_"

@@ -102,3 +102,10 @@ def test_ssl_train_wrapper_reports_user_errors_in_one_line(capsys):
         _run_with_hint("nnUNetv2_ssl_train", entry)
     assert e.value.code == 2
     assert capsys.readouterr().err.strip() == "nnUNetv2_ssl_train: error: splits_final.json hides labels; use fold 0"
+
+
+def test_no_unlabelled_cases_is_a_user_error(preprocessed):
+    os.unlink(preprocessed / UNLABELED)
+    (preprocessed / "splits_final.json").write_text(json.dumps([{"train": ["case_0000"], "val": ["case_0001"]}]))
+    with pytest.raises(UnlabeledDataError, match="found no unlabelled cases"):
+        make_trainer(preprocessed, 0).get_unlabeled_sources()
