@@ -16,6 +16,7 @@ tiny test variants are subclasses that override them.
 """
 import contextlib
 import copy
+import dataclasses
 from unittest import mock
 from typing import Dict, List, Optional, Tuple
 
@@ -24,7 +25,7 @@ import torch
 import torch.distributed as dist
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-from batchgenerators.utilities.file_and_folder_operations import isdir, join
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as nnunet_trainer_module
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -33,9 +34,8 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
 
 from nnunet_ssl.augment.strong import StrongAugmentation
-from nnunet_ssl.data.splits import check_fold_keeps_labels_hidden, fold_unlabeled_cases
-from nnunet_ssl.data.unlabeled_dataset import (UnlabeledDataError, UnlabeledDataset, check_unlabeled_folder,
-                                               unlabeled_preprocessed_folder)
+from nnunet_ssl.augment.views import UNLABELED_VIEWS, split_training_transforms
+from nnunet_ssl.data.unlabeled_dataset import UnlabeledDataset, read_manifest, unlabeled_preprocessed_folder
 from nnunet_ssl.diagnostics import nanmean_or_nan, plot_ssl_progress
 from nnunet_ssl.modules.ema import EMATeacher, unwrap_network
 from nnunet_ssl.ramps import sigmoid_rampup
@@ -102,8 +102,14 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     num_teachers_needed: int = 1                 # methods without a teacher (dual students) set 0
     export_weights: str = "teacher"              # what goes into network_weights (nnUNetv2_predict): teacher|student
     compile_teacher: bool = True                 # torch.compile the teacher forward when nnU-Net compiles
-    # --- strong view --------------------------------------------------------------------------------------------
-    strong_augmentation: StrongAugmentation = StrongAugmentation()
+    # --- views ----------------------------------------------------------------------------------------------------
+    # 'weak': the teacher sees nnU-Net's spatial transforms and mirroring only, and the strong view starts from that
+    # view plus nnU-Net's intensity transforms (applied in the loader to a copy); 'nnunet': the teacher sees
+    # nnU-Net's full training augmentation and the strong view starts from it (before 0.2)
+    unlabeled_view: str = "weak"
+    use_strong_view: bool = True                 # False: the student sees the teacher's view (ablation)
+    strong_augmentation: StrongAugmentation = StrongAugmentation()  # the method's own ops, on the device
+    _strong_input_u: Optional[torch.Tensor] = None  # this step's loader-made strong input (see strong_view)
     # --- unsupervised loss weight -------------------------------------------------------------------------------
     unsup_weight: float = 1.0                    # λ_u
     unsup_rampup: float = 0.4                    # sigmoid ramp length as a fraction of all iterations; 0 = none
@@ -126,6 +132,9 @@ class nnUNetTrainerSSL(nnUNetTrainer):
                              f"got {self.export_weights!r}")
         if self.export_weights == "teacher" and self.num_teachers_needed == 0:
             self.export_weights = "student"
+        if self.unlabeled_view not in UNLABELED_VIEWS:
+            raise ValueError(f"{type(self).__name__}.unlabeled_view must be one of {UNLABELED_VIEWS}, got "
+                             f"{self.unlabeled_view!r}")
         if self.label_manager.has_regions:
             raise NotImplementedError(
                 f"{type(self).__name__} needs mutually exclusive labels (softmax pseudo-labels); this dataset uses "
@@ -141,8 +150,19 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         self.hidden_truth_cases = set()
         self._compiled_modules = {}
         self._compile_modules = None  # decided on first use by maybe_compiled
+        # the CutMix box and CRLN's in-plane operations need to know the slice axis of this configuration
+        self.strong_augmentation = dataclasses.replace(self.strong_augmentation,
+                                                       through_plane_axis=self.through_plane_axis())
 
     # ------------------------------------------------------------------------------------------------- set-up
+    def through_plane_axis(self) -> Optional[int]:
+        """Spatial axis of the patch with the coarsest spacing (3D; axis 0, nnU-Net's usual slice axis after the
+        plans' transpose, when the spacing is isotropic); None for 2D configurations."""
+        spacing = list(self.configuration_manager.spacing)
+        if len(self.configuration_manager.patch_size) != 3 or len(spacing) != 3:
+            return None
+        return int(np.argmax(spacing)) if max(spacing) > min(spacing) else 0
+
     def initialize(self):
         super().initialize()
         self.teachers = self.build_teachers()
@@ -196,36 +216,29 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         return self.maybe_compiled(name, self.teachers[name].module, self.compile_teacher)(x, **kwargs)
 
     # ------------------------------------------------------------------------------------------- unlabelled data
-    def do_split(self):
-        """nnU-Net's split, but never one that trains on labels ``splits_final.json`` hides: fold ``all`` and
-        folds beyond the file's list are refused when it has ``unlabeled`` cases (``SplitError``)."""
-        check_fold_keeps_labels_hidden(self.preprocessed_dataset_folder_base, self.fold,
-                                       self.plans_manager.dataset_name)
-        return super().do_split()
-
     def get_unlabeled_sources(self) -> Dict[str, List[str]]:
-        """{preprocessed folder: case identifiers} of every unlabelled case this fold may use.
-
-        The ``imagesUnlabeled`` folder must have been made with these plans (``check_unlabeled_folder``: a stale or
-        unverifiable folder, or a case named like a labelled one, is refused with the command that fixes it)."""
+        """{preprocessed folder: case identifiers} of every unlabelled case this fold may use."""
         sources: Dict[str, List[str]] = {}
         tr_keys, val_keys = self.do_split()
-        if self.use_split_unlabeled_cases:
-            split_unlabeled = fold_unlabeled_cases(self.preprocessed_dataset_folder_base, self.fold,
-                                                   list(tr_keys) + list(val_keys))
+        if self.use_split_unlabeled_cases and self.fold != "all":
+            splits_file = join(self.preprocessed_dataset_folder_base, "splits_final.json")
+            splits = load_json(splits_file) if isfile(splits_file) else []
+            split_unlabeled = list(splits[self.fold].get("unlabeled", [])) if self.fold < len(splits) else []
+            overlap = set(split_unlabeled) & (set(tr_keys) | set(val_keys))
+            if overlap:
+                raise RuntimeError(f"{splits_file}, fold {self.fold}: cases {sorted(overlap)} are listed as "
+                                   f"'unlabeled' and also in 'train' or 'val'. Fix the split (nnUNetv2_ssl_split).")
             if split_unlabeled:
                 sources[self.preprocessed_dataset_folder] = split_unlabeled
                 self.hidden_truth_cases.update(split_unlabeled)
         unl_folder = unlabeled_preprocessed_folder(self.preprocessed_dataset_folder_base,
                                                    self.configuration_manager.data_identifier)
         if self.use_imagesUnlabeled and isdir(unl_folder):
-            manifest = check_unlabeled_folder(
-                unl_folder, self.plans_manager, self.configuration_manager, self.configuration_name,
-                self.dataset_json, self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
+            manifest = read_manifest(unl_folder)
             sources[unl_folder] = list(manifest["cases"])
             self.hidden_truth_cases.update(manifest["cases_with_reference"])
         if not any(sources.values()):
-            raise UnlabeledDataError(
+            raise RuntimeError(
                 f"{type(self).__name__} found no unlabelled cases for {self.plans_manager.dataset_name}, "
                 f"configuration {self.configuration_name}, fold {self.fold}. Either put images into "
                 f"nnUNet_raw/{self.plans_manager.dataset_name}/imagesUnlabeled and run `nnUNetv2_ssl_preprocess_"
@@ -258,8 +271,13 @@ class nnUNetTrainerSSL(nnUNetTrainer):
                                f"({self.augmentation_workers}; nnUNet_n_proc_DA={get_allowed_n_proc_DA()})")
         return dl_train, dl_val
 
+    def loader_makes_strong_copy(self) -> bool:
+        """Whether the unlabelled loader appends the intensity-augmented copy (weak view + nnU-Net intensity)."""
+        return self.unlabeled_view == "weak" and self.use_strong_view
+
     def get_unlabeled_dataloader(self):
-        """nnU-Net's loader and training transforms on unlabelled cases: the weak view."""
+        """nnU-Net's loader and transforms on unlabelled cases: the weak view (``unlabeled_view``), followed in
+        the image channels by the strong view's starting point when ``loader_makes_strong_copy``."""
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         transforms = self.get_training_transforms(
@@ -267,6 +285,9 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             dummy_2d, use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=self.is_cascaded,
             foreground_labels=self.label_manager.foreground_labels, regions=None,
             ignore_label=self.label_manager.ignore_label)
+        if self.unlabeled_view == "weak":
+            transforms, _ = split_training_transforms(transforms, self.num_input_channels,
+                                                      self.loader_makes_strong_copy())
         dataset = UnlabeledDataset(self.get_unlabeled_sources())
         batch_size = self.unlabeled_batch_size_per_step()
         loader = nnUNetDataLoader(dataset, batch_size, initial_patch_size, self.configuration_manager.patch_size,
@@ -274,7 +295,9 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         loader.has_ignore = False  # no label positions to centre patches on
         self.print_to_log_file(f"Unlabelled stream: {len(dataset.identifiers)} cases, batch size {batch_size} "
                                f"({len(self.hidden_truth_cases & set(dataset.identifiers))} with hidden reference "
-                               f"masks for diagnostics)")
+                               f"masks for diagnostics); teacher view '{self.unlabeled_view}'"
+                               + (", strong view from it plus nnU-Net's intensity transforms"
+                                  if self.loader_makes_strong_copy() else ""))
         n_proc = getattr(self, "_unlabeled_workers", None)
         n_proc = self.augmentation_worker_counts()[1] if n_proc is None else n_proc
         if n_proc == 0:
@@ -329,6 +352,13 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             seg[torch.tensor([not h for h in has])] = -1
         return seg.to(self.device, non_blocking=True)
 
+    def strong_view(self, data_u: torch.Tensor):
+        """The method's strong operations (``strong_augmentation``) applied to this step's strong input: the
+        loader's intensity-augmented copy of ``data_u`` when there is one, else ``data_u`` itself. Returns (strong
+        view, StrongViewParams) so that pseudo-labels can be transformed alike."""
+        base = data_u if self._strong_input_u is None else self._strong_input_u
+        return self.strong_augmentation(base)
+
     def compute_losses(self, data_l, target_l, data_u, truth_u) -> Tuple[Dict[str, torch.Tensor],
                                                                          Dict[str, torch.Tensor]]:
         """Method hook. Returns ({name: weighted loss term}, {name: diagnostic}); must include 'sup'.
@@ -355,10 +385,13 @@ class nnUNetTrainerSSL(nnUNetTrainer):
 
     def backward_and_step(self, loss: torch.Tensor):
         """One backward of the summed loss, then per optimizer: unscale, clip its parameters (norm 12), step."""
-        optimizers = self.optimizers_for_main_loss()
         scaler = self.grad_scaler
         (scaler.scale(loss) if scaler is not None else loss).backward()
         self._sync_gradients_outside_ddp()
+        # an optimizer none of whose parameters got a gradient (e.g. a second network an ablation leaves out) is
+        # skipped: GradScaler.step refuses an optimizer it recorded no inf checks for
+        optimizers = [opt for opt in self.optimizers_for_main_loss()
+                      if any(p.grad is not None for g in opt.param_groups for p in g["params"])]
         for opt in optimizers:
             if scaler is not None:
                 scaler.unscale_(opt)
@@ -377,12 +410,17 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         data_l = self._to_device(batch["data"])
         target_l = self._to_device(batch["target"])
         data_u = self._to_device(batch_u["data"])
+        if self.loader_makes_strong_copy():  # channels: weak view, then the strong view's starting point
+            data_u, self._strong_input_u = data_u.split(self.num_input_channels, dim=1)
         truth_u = self.hidden_truth(batch_u)
         for opt in self.optimizers_for_main_loss():
             opt.zero_grad(set_to_none=True)
-        with self.autocast():
-            losses, diagnostics = self.compute_losses(data_l, target_l, data_u, truth_u)
-            total = sum(losses.values())
+        try:
+            with self.autocast():
+                losses, diagnostics = self.compute_losses(data_l, target_l, data_u, truth_u)
+                total = sum(losses.values())
+        finally:
+            self._strong_input_u = None
         self.backward_and_step(total)
         self.after_optimizer_step(data_l, target_l, data_u)
         self.ssl_step += 1
@@ -473,6 +511,28 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         self.load_method_checkpoint_state(loaded)
 
     # ---------------------------------------------------------------------------------------------- validation
+    def validation_forward(self, data: torch.Tensor):
+        """The forward nnU-Net's online validation scores (and so ``checkpoint_best``'s criterion): what
+        ``nnUNetv2_predict`` will load, i.e. the teacher when it is exported."""
+        if self.export_weights == "teacher" and self.teachers:
+            return self.teacher_forward(data)
+        return self.network(data)
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        for teacher in self.teachers.values():  # back to train mode in on_train_epoch_start
+            teacher.eval()
+
+    def validation_step(self, batch: dict) -> dict:
+        # nnU-Net's validation_step (loss, hard Dice for the EMA pseudo-Dice) calls self.network(data): point it at
+        # the exported forward for the duration of the call
+        network = self.network
+        self.network = self.validation_forward
+        try:
+            return super().validation_step(batch)
+        finally:
+            self.network = network
+
     def perform_actual_validation(self, save_probabilities: bool = False):
         """Validate what is exported: with ``export_weights='teacher'`` the teacher's weights are loaded into the
         network for the duration (the student is restored afterwards)."""

@@ -16,8 +16,8 @@
 Deviations (spec §9 allows or leaves open): the projection head is the shared ``ProjectionHead`` (1×1 convs with
 LeakyReLU, no BatchNorm, L2-normalised) instead of Linear-BN-ReLU-Linear; patches are encoded down to the deepest
 encoder stage that keeps ≥ 2 voxels per axis (nnU-Net's bottleneck would be 1 voxel for a 32³ crop, where
-InstanceNorm is undefined); the strong view's intensity ops are the shared ``StrongAugmentation`` ones
-(brightness, contrast, noise; no gamma/blur).
+InstanceNorm is undefined); the strong view is the weak view plus nnU-Net's intensity transforms (noise, blur,
+gamma, ...) and the paper's ColorJitter brightness/contrast (U(0.2, 1.8) on the [0, 1]-mapped image).
 
 Limitation: the patch encoder pass uses the unwrapped student encoder outside DDP's forward, so multi-GPU (DDP)
 training is untested and likely needs DDP's ``find_unused_parameters``/static-graph handling; single-GPU is the
@@ -227,7 +227,10 @@ class nnUNetTrainerBoCLIS(nnUNetTrainerSSL):
     unsup_weight: float = 1.0                   # λ_u max
     unsup_rampup: float = 0.4
     use_pseudo_label_dice: bool = True          # L_u = weighted CE + soft Dice
-    strong_augmentation = StrongAugmentation(p_cutmix=0.0)  # intensity-only: weak and strong share geometry
+    # intensity only (weak and strong share geometry): torchvision's ColorJitter(brightness=0.8, contrast=0.8) on
+    # grey images, i.e. factors U(0.2, 1.8) always applied (saturation and hue do nothing to grey images)
+    strong_augmentation = StrongAugmentation(p_cutmix=0.0, p_brightness=1.0, brightness_range=(0.2, 1.8),
+                                             p_contrast=1.0, contrast_range=(0.2, 1.8), p_noise=0.0)
     # contrastive loss
     use_contrast: bool = True
     contrast_weight: float = 0.1                # λ_c max
@@ -391,7 +394,7 @@ class nnUNetTrainerBoCLIS(nnUNetTrainerSSL):
             "conservative_teacher_weight": aggregate.weights[0].mean(),
             "pseudo_label_dice": pseudo_label_dice(labels_u, truth_u, self.label_manager.num_segmentation_heads),
         }
-        strong_u, mix = self.strong_augmentation(data_u)
+        strong_u, mix = self.strong_view(data_u)
         labels_u, reliability_u = mix.apply_to_targets(labels_u, reliability_u)
         images = torch.cat((data_l, strong_u))
         output = self.network(images)

@@ -48,6 +48,10 @@ def other_unet_family(arch_class_name: str, arch_kwargs: dict, resenc_blocks_per
 
 class nnUNetTrainerDualSSL(nnUNetTrainerSSL):
     num_teachers_needed = 0          # two students, no EMA teacher
+    # both networks see one input, so there is no weak/strong split: the unlabelled batch keeps nnU-Net's full
+    # training augmentation, as the labelled one does
+    unlabeled_view = "nnunet"
+    use_strong_view = False
     export_weights = "student"       # the DualNetwork ensemble
     second_network = "other_family"  # 'other_family' (plain <-> residual encoder) or 'same' (other random init)
     resenc_blocks_per_stage = RESNET34_BLOCKS_PER_STAGE  # residual blocks per stage when B is the ResEnc U-Net

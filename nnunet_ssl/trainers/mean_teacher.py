@@ -1,8 +1,9 @@
 """``nnUNetTrainerMeanTeacher``: weak-to-strong consistency with an EMA teacher (seed 001, eqs. 1-2).
 
-The teacher predicts on the weak view (nnU-Net's augmentation); its confident voxels (max softmax >= τ) become
-hard pseudo-labels for the student's prediction on the strong view (CutMix + intensity + noise, pseudo-labels mixed
-identically), with CE (+ optional soft Dice) weighted by a sigmoid ramp-up. It is a useful trainer on its own and
+The teacher predicts on the weak view (nnU-Net's spatial augmentation and mirroring); its confident voxels (max
+softmax >= τ) become hard pseudo-labels for the student's prediction on the strong view (the weak view plus nnU-Net's
+intensity augmentation, CutMix, brightness, contrast and noise; pseudo-labels mixed identically), with CE (+ optional
+soft Dice) weighted by a sigmoid ramp-up. It is a useful trainer on its own and
 the baseline row of every method's ablation table.
 """
 import torch
@@ -19,7 +20,6 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSL):
     unsup_weight = 1.0               # λ_u
     unsup_rampup = 0.4               # fraction of training until λ_u is reached
     use_pseudo_label_dice = False    # add soft Dice on the reliable pseudo-labels to the CE
-    use_strong_view = True           # False: the student sees the weak view too (ablation)
 
     def make_pseudo_labels(self, data_u):
         """Teacher forward on the weak view: (labels, confidence, reliable mask)."""
@@ -35,7 +35,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSSL):
             "pseudo_label_dice": pseudo_label_dice(labels_u, truth_u, self.label_manager.num_segmentation_heads),
         }
         if self.use_strong_view:
-            strong_u, mix = self.strong_augmentation(data_u)
+            strong_u, mix = self.strong_view(data_u)
             labels_u, reliable_u = mix.apply_to_targets(labels_u, reliable_u)
         else:
             strong_u = data_u
@@ -63,6 +63,12 @@ class nnUNetTrainerMeanTeacher_noStrongView(nnUNetTrainerMeanTeacher):
 
 class nnUNetTrainerMeanTeacher_withDice(nnUNetTrainerMeanTeacher):
     use_pseudo_label_dice = True
+
+
+class nnUNetTrainerMeanTeacher_nnUNetView(nnUNetTrainerMeanTeacher):
+    """Before 0.2: the teacher labels nnU-Net's fully augmented view (intensity transforms included), and the strong
+    view adds the device-side operations to it."""
+    unlabeled_view = "nnunet"
 
 
 class nnUNetTrainerMeanTeacher_exportStudent(nnUNetTrainerMeanTeacher):

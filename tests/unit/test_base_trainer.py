@@ -1,0 +1,97 @@
+"""The base trainer's step, views and validation wiring on tiny modules (no plans, no loaders)."""
+import pytest
+import torch
+from torch import nn
+
+from nnunet_ssl.augment.strong import StrongAugmentation
+from nnunet_ssl.modules.ema import EMATeacher
+from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
+
+
+class SignClassifier(nn.Module):
+    """Two-class logits ±scale·x: the label is (x > 0), so which input a prediction came from is readable."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(scale))
+
+    def forward(self, x):
+        return torch.cat((-x, x), dim=1) * self.scale
+
+
+def bare_mean_teacher(student_scale=1.0, teacher_scale=1.0, **attrs):
+    cls = type("BareMeanTeacher", (nnUNetTrainerMeanTeacher,), dict(attrs))
+    t = object.__new__(cls)
+    t.network = SignClassifier(student_scale)
+    t.teachers = {"teacher": EMATeacher(t.network)}
+    with torch.no_grad():
+        t.teachers["teacher"].module.scale.fill_(teacher_scale)
+    t.loss = lambda output, target: output.sum() * 0.0
+    t.label_manager = type("LM", (), {"num_segmentation_heads": 2})()
+    t.device = torch.device("cpu")
+    t.is_ddp = False
+    t.ssl_step, t.num_epochs, t.num_iterations_per_epoch = 0, 1, 10
+    t._compiled_modules, t._compile_modules = {}, False
+    return t
+
+
+def test_mean_teacher_labels_come_from_the_teacher_on_the_weak_view(monkeypatch):
+    """Pseudo-labels: the teacher's argmax on the weak view. The student's prediction (opposite sign) and the
+    strong input (negated) would both give the inverted labels."""
+    import nnunet_ssl.trainers.mean_teacher as mt
+    seen = []
+    real = mt.weighted_cross_entropy
+    monkeypatch.setattr(mt, "weighted_cross_entropy", lambda logits, labels, w: (seen.append(labels), real(logits, labels, w))[1])
+    t = bare_mean_teacher(student_scale=-1.0, teacher_scale=50.0, confidence_threshold=0.5,
+                          strong_augmentation=StrongAugmentation(p_cutmix=0, p_brightness=0, p_contrast=0, p_noise=0))
+    torch.manual_seed(0)
+    weak = torch.randn(2, 1, 4, 4, 4)
+    t._strong_input_u = -weak  # the loader's strong copy
+    data_l, target_l = torch.randn(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4)
+    t.compute_losses(data_l, target_l, weak, None)
+    assert torch.equal(seen[-1], (weak[:, 0] > 0).long())
+
+
+def test_strong_view_starts_from_the_loaders_copy():
+    t = bare_mean_teacher(strong_augmentation=StrongAugmentation(p_cutmix=0, p_brightness=0, p_contrast=0,
+                                                                 p_noise=0))
+    weak, copy = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    assert torch.equal(t.strong_view(weak)[0], weak)
+    t._strong_input_u = copy
+    assert torch.equal(t.strong_view(weak)[0], copy)
+
+
+def test_step_skips_an_optimizer_without_gradients_under_a_grad_scaler():
+    """A second network that the loss leaves out (CDR _singleNetwork) must not reach GradScaler.step, which raises
+    'No inf checks were recorded for this optimizer'."""
+    t = bare_mean_teacher()
+    used, unused = nn.Linear(2, 1), nn.Linear(2, 1)
+    t.optimizer = torch.optim.SGD(used.parameters(), lr=0.1)
+    t.extra_modules = nn.ModuleDict()
+    other = torch.optim.SGD(unused.parameters(), lr=0.1)
+    t.optimizers_for_main_loss = lambda: [t.optimizer, other]
+    t.grad_scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    before_used, before_unused = used.weight.detach().clone(), unused.weight.detach().clone()
+    t.backward_and_step(used(torch.ones(1, 2)).sum())
+    assert not torch.equal(used.weight, before_used) and torch.equal(unused.weight, before_unused)
+    # what happened before the fix: stepping the gradient-free optimizer through the scaler raises
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(used(torch.ones(1, 2)).sum()).backward()
+    with pytest.raises(AssertionError, match="No inf checks"):
+        scaler.step(other)
+
+
+def test_online_validation_scores_the_exported_teacher(monkeypatch):
+    """checkpoint_best is chosen by nnU-Net's online validation, which must run what is exported (the teacher)."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    t = bare_mean_teacher(student_scale=-1.0, teacher_scale=1.0)
+    x = torch.randn(2, 1, 4, 4)
+    assert torch.equal(t.validation_forward(x), t.teachers["teacher"].module(x))
+    seen = []
+    original = t.network
+    # nnU-Net's validation_step evaluates self.network(data): record what it would evaluate
+    monkeypatch.setattr(nnUNetTrainer, "validation_step", lambda self, batch: seen.append(self.network(batch["data"])))
+    t.validation_step({"data": x})
+    assert torch.equal(seen[0], t.teachers["teacher"].module(x)) and t.network is original
+    t.export_weights = "student"
+    assert torch.equal(t.validation_forward(x), original(x))
