@@ -8,12 +8,14 @@ A weak-to-strong Mean Teacher plus
 * **rectification** of the teacher's pseudo-label logits from iteration ``T_rect`` on: ``z + (1 - a)·M(x)``, with a
   scalar ``a`` trained only by its own loss (eq. 16) and optimizer after the main step;
 * **CPS**, a ReCo-style InfoNCE on a projection of a fine decoder stage: anchors from uncertain voxels, negatives
-  from other classes, positives mixing the class-mean embedding with the teacher's prototypes (eq. 13).
+  from other classes, positives mixing the class-mean embedding with the teacher's prototypes (eq. 13; P̃ from
+  the trained prototype queries, since the raw parameter's channel means never change, see ``prototype_queries``).
 
 The deployed network (``build_network_architecture``) is ``CRLNNet``: the planned U-Net + DIM + ``a``; with deep
 supervision off it returns the rectified logits, so stock ``nnUNetv2_predict`` with the exported teacher rectifies.
 Defaults follow the authors' code where it differs from the paper (spec §8); the alternatives are attributes.
 """
+import dataclasses
 import math
 import random
 from typing import Dict, Optional, Sequence, Tuple
@@ -241,6 +243,14 @@ class DynamicInteractionModule(nn.Module):
         self.block2 = PairwiseCrossAttention(channels_block2, conv, faithful_reshape=faithful_reshape)
         self.head = HolisticMapHead(num_classes, num_prototypes, dim, upsample)
 
+    def prototype_queries(self) -> torch.Tensor:
+        """The prototypes as block I's attention sees them, ``q(LN(P))`` (1, C, M, F).
+
+        The raw parameter P is used only through a LayerNorm, which is blind to a constant added over channels: its
+        channel mean never receives a gradient and stays at its initial 0, so the authors' P̃ (channel means of P)
+        is constant. The query projection is trained through M(x) and its channel means are not."""
+        return self.block1.q(self.block1.query_norm(self.prototypes))
+
     def forward(self, features_block1: torch.Tensor, features_block2: torch.Tensor, return_proximity=False):
         # block I only refines the prototypes: its map is discarded by the authors, so it is not computed
         prototypes, _ = self.block1(self.prototypes, features_block1, return_proximity=False)
@@ -358,7 +368,11 @@ class nnUNetTrainerCRLN(nnUNetTrainerMeanTeacher):
     unsup_rampup = 0.0                    # CRLN: constant weights
     confidence_threshold = 0.97           # τ (strong threshold)
     unsup_weighting: str = "image"        # 'image': authors' per-image reliable fraction; 'voxel': paper's mask
-    strong_augmentation = StrongAugmentation(p_cutmix=1.0, cutmix_area_ratio=(0.25, 0.75), p_brightness=0.8,
+    # §1.4: in-plane rescale U(0.5, 1.5) (always), full-depth box CutMix with area 1 - λ, λ ~ Beta(4, 4),
+    # brightness x U(0.75, 1.25) (p 0.8), noise σ 0.1 clipped ±0.2 (p 0.5), rot90 + flip in-plane (p 0.5)
+    strong_augmentation = StrongAugmentation(p_rescale=1.0, rescale_range=(0.5, 1.5), p_rot_flip=0.5,
+                                             p_cutmix=1.0, cutmix_area_beta=(4.0, 4.0),
+                                             cutmix_full_through_plane=True, p_brightness=0.8,
                                              brightness_range=(0.75, 1.25), p_contrast=0.0, p_noise=0.5,
                                              noise_std=0.1, noise_clip=0.2)
     # --- CPS (§3) ----------------------------------------------------------------------------------------------
@@ -371,6 +385,9 @@ class nnUNetTrainerCRLN(nnUNetTrainerMeanTeacher):
     cps_num_anchors: int = 256
     cps_num_negatives: int = 512
     cps_positive: str = "combined"        # 'combined' | 'mean' (MR) | 'prototype' (LP)
+    # P̃ from 'queries': the teacher's trained prototype queries q(LN(P)); 'parameter': the raw parameter P as
+    # coded by the authors, whose channel means stay 0 (P̃ = 0: the positive then equals the class mean)
+    cps_prototype_source: str = "queries"
     cps_xi: float = 0.6                   # fixed ξ (code)
     cps_xi_random: bool = False           # paper: ξ ~ U(0, cps_xi_max) per step
     cps_xi_max: float = 0.6               # λ
@@ -387,6 +404,9 @@ class nnUNetTrainerCRLN(nnUNetTrainerMeanTeacher):
         if self.unsup_weighting not in ("image", "voxel"):
             raise ValueError(f"{type(self).__name__}.unsup_weighting must be 'image' or 'voxel', "
                              f"got {self.unsup_weighting!r}")
+        if self.cps_prototype_source not in ("queries", "parameter"):
+            raise ValueError(f"{type(self).__name__}.cps_prototype_source must be 'queries' or 'parameter', "
+                             f"got {self.cps_prototype_source!r}")
         if self.cps_positive not in ("combined", "mean", "prototype"):
             raise ValueError(f"{type(self).__name__}.cps_positive must be 'combined', 'mean' or 'prototype', "
                              f"got {self.cps_positive!r}")
@@ -445,6 +465,18 @@ class nnUNetTrainerCRLN(nnUNetTrainerMeanTeacher):
     def current_xi(self) -> float:
         return random.uniform(0.0, self.cps_xi_max) if self.cps_xi_random else self.cps_xi
 
+    def validation_forward(self, data: torch.Tensor):
+        """The exported teacher as nnUNetv2_predict runs it: full-resolution logits rectified by the DIM's map
+        (the coarser deep-supervision outputs, used only by the validation loss, stay as they are)."""
+        if self.export_weights != "teacher":
+            return super().validation_forward(data)
+        seg, relation_map, _ = self.teacher_forward(data, return_extras=True)
+        if relation_map is None:
+            return seg
+        full = first_output(seg)
+        rectified = self.teacher.module.rectifier(full, relation_map.to(full.dtype))
+        return [rectified] + list(seg[1:]) if isinstance(seg, (list, tuple)) else rectified
+
     # ------------------------------------------------------------------------------------------------- losses
     def make_pseudo_labels(self, data_u):
         """Teacher on the weak view: raw and rectified (labels, confidence, reliable), and the teacher net."""
@@ -477,7 +509,7 @@ class nnUNetTrainerCRLN(nnUNetTrainerMeanTeacher):
             "rectification_active": torch.tensor(float(active)),
         }
         if self.use_strong_view:
-            strong_u, mix = self.strong_augmentation(data_u)
+            strong_u, mix = self.strong_view(data_u)
             labels_u, conf_u = mix.apply_to_targets(labels_u, conf_u)
         else:
             strong_u = data_u
@@ -526,7 +558,10 @@ class nnUNetTrainerCRLN(nnUNetTrainerMeanTeacher):
         uncertain = valid & (p_label < self.cps_uncertain_threshold)
         desc = None
         if rectification_active and self.use_dim:
-            desc = prototype_descriptors(self.teacher.module.dim.prototypes.detach())
+            dim_module = self.teacher.module.dim
+            with torch.no_grad():
+                desc = prototype_descriptors(dim_module.prototype_queries() if self.cps_prototype_source == "queries"
+                                             else dim_module.prototypes)
         flat = emb.flatten(2).transpose(1, 2).reshape(-1, emb.shape[1])
         return cps_loss(flat, labels.flatten(), valid.flatten(), uncertain.flatten(), num_classes, desc,
                         self.current_xi(), self.cps_positive, self.cps_num_anchors, self.cps_num_negatives,
@@ -584,8 +619,7 @@ class nnUNetTrainerCRLN_noStrongView(nnUNetTrainerCRLN):
 
 class nnUNetTrainerCRLN_noCutMix(nnUNetTrainerCRLN):
     """Ablation: strong view without CutMix (intensity and noise only)."""
-    strong_augmentation = StrongAugmentation(p_cutmix=0.0, p_brightness=0.8, brightness_range=(0.75, 1.25),
-                                             p_contrast=0.0, p_noise=0.5, noise_std=0.1, noise_clip=0.2)
+    strong_augmentation = dataclasses.replace(nnUNetTrainerCRLN.strong_augmentation, p_cutmix=0.0)
 
 
 class nnUNetTrainerCRLN_noDIM(nnUNetTrainerCRLN):
@@ -605,6 +639,12 @@ class nnUNetTrainerCRLN_posMean(nnUNetTrainerCRLN):
 class nnUNetTrainerCRLN_posPrototype(nnUNetTrainerCRLN):
     """Ablation (Tab. 5 'LP'): CPS positives from the teacher's prototypes only (class mean before T_rect)."""
     cps_positive = "prototype"
+
+
+class nnUNetTrainerCRLN_rawPrototypeDescriptor(nnUNetTrainerCRLN):
+    """Authors' code: P̃ from the raw prototype parameter (its channel means stay 0, so the positive is the class
+    mean, as in ``_posMean``)."""
+    cps_prototype_source = "parameter"
 
 
 class nnUNetTrainerCRLN_singlePrototype(nnUNetTrainerCRLN):

@@ -307,3 +307,69 @@ def test_rectification_switch_at_T_rect():
     trainer.rectification_start_iteration = None
     trainer.num_epochs, trainer.num_iterations_per_epoch = 1000, 250
     assert trainer.rectification_start() == 5000
+
+
+def test_prototype_descriptor_is_trained_and_changes_the_positive():
+    """P̃ from the raw parameter is blind (LayerNorm removes its channel mean, which stays 0); P̃ from the trained
+    prototype queries moves with a training step, and the 'prototype' positive then differs from the class mean."""
+    trainer = bare_trainer()
+    net = trainer.network
+    with torch.no_grad():
+        net.dim.prototypes.sub_(net.dim.prototypes.mean(-1, keepdim=True))  # as trained from the zero init
+    raw_before = prototype_descriptors(net.dim.prototypes).detach().clone()
+    queries_before = prototype_descriptors(net.dim.prototype_queries()).detach().clone()
+    assert raw_before.abs().max() < 1e-6 and queries_before.abs().max() > 1e-3
+    data_l, target_l, data_u, truth_u = tiny_batch()
+    # the DIM's gradients are small in this tiny network: a large step makes the change visible
+    opt = torch.optim.SGD(list(net.parameters()) + list(trainer.extra_modules.parameters()), lr=100.0)
+    losses, _ = trainer.compute_losses(data_l, target_l, data_u, truth_u)
+    sum(losses.values()).backward()
+    opt.step()
+    assert prototype_descriptors(net.dim.prototypes).abs().max() < 1e-6  # the raw channel means stay blind
+    change = (prototype_descriptors(net.dim.prototype_queries()) - queries_before).abs().max()
+    assert change > 1e-4  # vs < 1e-6 for the raw parameter
+    # the positive the trainer builds: 'prototype' (LP) and 'mean' (MR) give different CPS losses
+    emb, labels, valid = _two_class_features()
+    desc = prototype_descriptors(net.dim.prototype_queries()).detach()[:2, :2]
+    uncertain = torch.ones_like(valid)
+    torch.manual_seed(0)
+    lp = cps_loss(emb, labels, valid, uncertain, 2, desc, 0.6, "prototype", 8, 8, 0.5)
+    torch.manual_seed(0)
+    mr = cps_loss(emb, labels, valid, uncertain, 2, desc, 0.6, "mean", 8, 8, 0.5)
+    assert not torch.allclose(lp, mr)
+
+
+def test_trainer_uses_queries_for_the_positive_after_T_rect(monkeypatch):
+    """compute_cps hands the teacher's prototype-query descriptor to cps_loss after T_rect, None before."""
+    import nnunet_ssl.trainers.crln as crln
+    seen = []
+    real = crln.cps_loss
+    monkeypatch.setattr(crln, "cps_loss", lambda *a, **k: (seen.append(a[5]), real(*a, **k))[1])
+    trainer = bare_trainer(ssl_step=10)
+    data_l, target_l, data_u, truth_u = tiny_batch()
+    trainer.compute_losses(data_l, target_l, data_u, truth_u)
+    expected = prototype_descriptors(trainer.teacher.module.dim.prototype_queries())
+    assert torch.allclose(seen[-1], expected)
+    trainer.ssl_step = 0
+    trainer.compute_losses(data_l, target_l, data_u, truth_u)
+    assert seen[-1] is None
+
+
+def test_unsupervised_loss_uses_rectified_labels_after_T_rect(monkeypatch):
+    """Before T_rect the student is trained on the raw teacher labels, from T_rect on on the rectified ones."""
+    import nnunet_ssl.trainers.crln as crln
+    seen = []
+    real = crln.image_weighted_nll
+    monkeypatch.setattr(crln, "image_weighted_nll", lambda logits, labels, *a: (seen.append(labels), real(logits, labels, *a))[1])
+    trainer = bare_trainer(ssl_step=0)
+    trainer.use_strong_view = False  # labels reach the loss untransformed
+    data_l, target_l, data_u, truth_u = tiny_batch()
+    with torch.no_grad():
+        trainer.teacher.module.rectifier.a.fill_(-20.0)
+    raw, rect = trainer.make_pseudo_labels(data_u)
+    assert not torch.equal(raw[0], rect[0])
+    trainer.compute_losses(data_l, target_l, data_u, truth_u)
+    assert torch.equal(seen[-1], raw[0])
+    trainer.ssl_step = 10
+    trainer.compute_losses(data_l, target_l, data_u, truth_u)
+    assert torch.equal(seen[-1], rect[0])
