@@ -13,7 +13,9 @@ reconstruction of the paper's region-based contrastive distillation [A]:
   Inter-network InfoNCE pairs the same region of the same image in the two networks (negatives: every other
   region of the batch), intra-network InfoNCE pairs a region across two passes of one network (the second on a
   noisy copy of the input); each anchor is weighted by ``1 + β·disagreement`` of the two networks in that region;
-  regional KD pulls the other network's region probabilities toward the leader's sharpened ones.
+  regional KD pulls the other network's region probabilities toward the leader's voxel-sharpened, region-averaged
+  ones (sharpening after averaging would be a majority vote that erases structures smaller than a region);
+  InfoNCE negatives exclude regions of the anchor's dominant class.
 
 Total (one combined backward of L_A + L_B, so the inter term enters once per direction):
 ``sup_A + sup_B + 0.5(rev_A + rev_B) + λ(t)(cons + rkd) + λ_c(t)(NCE_A→B + NCE_B→A + intra_A + intra_B)``.
@@ -123,33 +125,49 @@ def disagreement_weights(region_disagreement: torch.Tensor, beta: float) -> torc
 
 
 def regional_info_nce(anchors: torch.Tensor, targets: torch.Tensor, temperature: float,
-                      weights: torch.Tensor = None) -> torch.Tensor:
-    """InfoNCE from each region to the same row of ``targets`` (positive); every other row is a negative."""
+                      weights: torch.Tensor = None, region_class: torch.Tensor = None) -> torch.Tensor:
+    """InfoNCE from each region to the same row of ``targets`` (positive); every other row is a negative, except,
+    when ``region_class`` (R,) is given, rows whose dominant class is the anchor's (a neighbouring background
+    region is no evidence against the anchor being background)."""
     n = anchors.shape[0]
-    not_self = ~torch.eye(n, dtype=torch.bool, device=anchors.device)
-    return info_nce(anchors, targets, targets, temperature, negative_mask=not_self, anchor_weights=weights)
+    negatives = ~torch.eye(n, dtype=torch.bool, device=anchors.device)
+    if region_class is not None:
+        negatives &= region_class[:, None] != region_class[None, :]
+    return info_nce(anchors, targets, targets, temperature, negative_mask=negatives, anchor_weights=weights)
 
 
 def symmetric_region_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, weights: torch.Tensor = None,
-                         stop_gradient: str = "targets", lead_a: torch.Tensor = None):
+                         stop_gradient: str = "targets", lead_a: torch.Tensor = None,
+                         region_class: torch.Tensor = None):
     """(NCE(z_A → z_B), NCE(z_B → z_A)) for position-aligned regions.
 
     stop_gradient: 'targets' — the target side is detached, so each direction trains only its anchor network;
     'leader' (MCF-faithful) — the leading network (``lead_a`` 1/0) is detached everywhere, only the other is
-    pulled; 'none' — no detaching."""
+    pulled; 'none' — no detaching. ``region_class``: see ``regional_info_nce``."""
     if stop_gradient == "leader":
         if lead_a is None:
             raise ValueError("stop_gradient='leader' needs lead_a")
         # value unchanged, gradient scaled by 0 on the leader's side (no host sync to branch on)
         z_a = lead_a * z_a.detach() + (1 - lead_a) * z_a
         z_b = (1 - lead_a) * z_b.detach() + lead_a * z_b
-        return (regional_info_nce(z_a, z_b, temperature, weights), regional_info_nce(z_b, z_a, temperature, weights))
-    if stop_gradient == "targets":
-        return (regional_info_nce(z_a, z_b.detach(), temperature, weights),
-                regional_info_nce(z_b, z_a.detach(), temperature, weights))
-    if stop_gradient == "none":
-        return (regional_info_nce(z_a, z_b, temperature, weights), regional_info_nce(z_b, z_a, temperature, weights))
-    raise ValueError(f"inter_stop_gradient must be 'targets', 'leader' or 'none', got {stop_gradient!r}")
+    elif stop_gradient == "targets":
+        return (regional_info_nce(z_a, z_b.detach(), temperature, weights, region_class),
+                regional_info_nce(z_b, z_a.detach(), temperature, weights, region_class))
+    elif stop_gradient != "none":
+        raise ValueError(f"inter_stop_gradient must be 'targets', 'leader' or 'none', got {stop_gradient!r}")
+    return (regional_info_nce(z_a, z_b, temperature, weights, region_class),
+            regional_info_nce(z_b, z_a, temperature, weights, region_class))
+
+
+def regional_kd_target(voxel_probs: torch.Tensor, region_size, temperature: float,
+                       sharpen_first: bool = True) -> torch.Tensor:
+    """The leader's region target (B·R, C): voxel probabilities sharpened at T, then averaged per region, so a
+    region that is 30 % confidently foreground gets a foreground target near 0.3. ``sharpen_first=False``
+    averages first and sharpens the region mean (before 0.2): a majority vote that sends a 30 % foreground
+    region's target to about 0."""
+    if sharpen_first:
+        return flatten_regions(pool_regions(sharpen(voxel_probs, temperature), region_size))
+    return sharpen(flatten_regions(pool_regions(voxel_probs, region_size)), temperature)
 
 
 def weighted_mse(student: torch.Tensor, target: torch.Tensor, weights: torch.Tensor = None) -> torch.Tensor:
@@ -186,6 +204,8 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
     use_inter_contrast = True        # InfoNCE between the networks, same region
     use_intra_contrast = True        # InfoNCE between two passes of one network, same region
     use_regional_kd = True           # pooled predictions of the other net -> leader's sharpened ones
+    regional_kd_sharpen_first = True  # sharpen voxels, then pool (keeps class proportions); False: pool, sharpen
+    mask_same_class_negatives = True  # InfoNCE negatives exclude regions of the anchor's dominant class
     inter_stop_gradient = "targets"  # 'targets' | 'leader' (MCF-faithful: only the non-leader is pulled) | 'none'
     disagreement_measure = "probability"  # 'probability' (½Σ|p_A − p_B|) | 'argmax' (XOR fraction)
     disagreement_beta = 1.0          # β of w_r = 1 + β·disagreement
@@ -319,14 +339,19 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
             keep = torch.randperm(weights.shape[0], device=x.device)[:self.max_contrast_regions]
         pick = (lambda t: t[keep]) if keep is not None else (lambda t: t)
 
+        region_class = None
+        if self.mask_same_class_negatives:
+            with torch.no_grad():
+                region_class = pick(sum(q.values()).argmax(1))
         if not self.single_network and self.use_regional_kd:
-            t = self.sharpen_temperature
-            losses["rkd"] = lam * directed_by_leader(
-                lead_a, weighted_mse(q["b"], sharpen(q["a"], t), weights),
-                weighted_mse(q["a"], sharpen(q["b"], t), weights))
+            def target(k):
+                return regional_kd_target(probs[k].detach(), self.region_size, self.sharpen_temperature,
+                                          self.regional_kd_sharpen_first)
+            losses["rkd"] = lam * directed_by_leader(lead_a, weighted_mse(q["b"], target("a"), weights),
+                                                     weighted_mse(q["a"], target("b"), weights))
         if not self.single_network and self.use_inter_contrast:
             nce_ab, nce_ba = symmetric_region_nce(pick(z["a"]), pick(z["b"]), self.contrast_temperature,
-                                                  pick(weights), self.inter_stop_gradient, lead_a)
+                                                  pick(weights), self.inter_stop_gradient, lead_a, region_class)
             losses["inter"] = lam_c * (nce_ab + nce_ba)
             diag["inter_nce"] = 0.5 * (nce_ab + nce_ba).detach()
         else:
@@ -340,11 +365,11 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
                     z_noisy = self._region_embeddings(k, feats_noisy)
                 if self.intra_noisy_pass_grad:
                     nce_1, nce_2 = symmetric_region_nce(pick(z[k]), pick(z_noisy), self.contrast_temperature,
-                                                        pick(weights), "targets")
+                                                        pick(weights), "targets", region_class=region_class)
                     intra.append(0.5 * (nce_1 + nce_2))
                 else:
                     intra.append(regional_info_nce(pick(z[k]), pick(z_noisy), self.contrast_temperature,
-                                                   pick(weights)))
+                                                   pick(weights), region_class))
             losses["intra"] = lam_c * sum(intra)
             diag["intra_nce"] = torch.stack(intra).mean().detach()
         else:
@@ -395,6 +420,16 @@ class nnUNetTrainerCDR_MCF(nnUNetTrainerCDR):
     use_inter_contrast = False
     use_intra_contrast = False
     use_regional_kd = False
+
+
+class nnUNetTrainerCDR_poolThenSharpen(nnUNetTrainerCDR):
+    """Before 0.2: the regional KD target sharpens the region-mean probabilities (a majority vote per region)."""
+    regional_kd_sharpen_first = False
+
+
+class nnUNetTrainerCDR_allRegionNegatives(nnUNetTrainerCDR):
+    """Before 0.2: every other region is an InfoNCE negative, also those of the anchor's dominant class."""
+    mask_same_class_negatives = False
 
 
 class nnUNetTrainerCDR_leaderStopGrad(nnUNetTrainerCDR):

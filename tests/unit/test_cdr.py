@@ -11,9 +11,11 @@ from torch.nn import functional as F
 
 from nnunet_ssl.modules.dual import DualNetwork
 from nnunet_ssl.trainers import cdr
+from nnunet_ssl.trainers.base import first_output
 from nnunet_ssl.trainers.cdr import (disagreement_review_loss, disagreement_weights, flatten_regions, leader_is_a,
-                                     nnUNetTrainerCDR, pool_regions, region_grid, regional_info_nce, sharpen,
-                                     squared_dice_loss, symmetric_region_nce, voxel_disagreement)
+                                     nnUNetTrainerCDR, nnUNetTrainerCDR_singleNetwork, pool_regions, region_grid,
+                                     regional_info_nce, regional_kd_target, sharpen, squared_dice_loss,
+                                     symmetric_region_nce, voxel_disagreement)
 from nnunet_ssl.trainers.dual_base import PLAIN
 
 
@@ -240,7 +242,9 @@ def test_consistency_and_regional_kd_only_train_the_non_leader(term):
 def test_inter_and_intra_terms_reach_each_network():
     torch.manual_seed(2)
     for term in ("inter", "intra"):
-        t = bare_trainer(nnUNetTrainerCDR, unsup_rampup=0.0, region_size=4)
+        # every region of these random networks has the same dominant class, so same-class masking would leave
+        # no negatives (and no gradient): this test is about routing, not about which regions are negatives
+        t = bare_trainer(nnUNetTrainerCDR, unsup_rampup=0.0, region_size=4, mask_same_class_negatives=False)
         losses, _ = t.compute_losses(*_batch(2), truth_u=None)
         losses[term].backward()
         assert _grad_norm(t.student.net_a) > 0 and _grad_norm(t.student.net_b) > 0, term
@@ -307,3 +311,77 @@ def test_ensemble_average_of_probabilities():
     p1 = F.softmax(out, 1)[0, 1].item()
     assert p1 == pytest.approx((0.5 + 1 / (1 + math.exp(-4))) / 2, rel=1e-5)
     assert p1 == pytest.approx(0.74101, abs=1e-5)
+
+
+def test_regional_kd_target_keeps_a_regions_class_proportions():
+    """A 10x10 region, 30 % of it foreground with p = 0.9, the rest background with p(fg) = 0.1, T = 0.1.
+    Sharpen, then pool: 0.3 / (1 + (1/9)^10) + 0.7 / (1 + 9^10) ≈ 0.3. Pool, then sharpen (before 0.2): the
+    region mean 0.34 becomes 1 / (1 + (0.66/0.34)^10) ≈ 1.32e-3, a majority vote."""
+    fg = torch.full((1, 1, 10, 10), 0.1)
+    fg[..., :3, :] = 0.9
+    probs = torch.cat((1 - fg, fg), dim=1)
+    expected = 0.3 / (1 + (1 / 9) ** 10) + 0.7 / (1 + 9.0 ** 10)
+    new = regional_kd_target(probs, 10, 0.1)
+    assert new.shape == (1, 2) and new[0, 1].item() == pytest.approx(expected, rel=1e-5)
+    old = regional_kd_target(probs, 10, 0.1, sharpen_first=False)
+    assert old[0, 1].item() == pytest.approx(1 / (1 + (0.66 / 0.34) ** 10), rel=1e-4)
+
+
+def test_regions_of_the_anchors_class_are_not_negatives():
+    """Orthogonal embeddings, positives identical (cosine 1), negatives orthogonal (cosine 0), τ = 0.1: each anchor's
+    loss is log(1 + k·e^{-10}) with k its number of negatives. Classes (0, 0, 1): the two background regions are
+    not each other's negatives (k = 1, 1, 2); without classes every other region is (k = 2, 2, 2)."""
+    z = torch.eye(3)
+    masked = regional_info_nce(z, z.clone(), 0.1, region_class=torch.tensor([0, 0, 1]))
+    k = torch.tensor([1.0, 1.0, 2.0])
+    assert masked.item() == pytest.approx(torch.log1p(k * math.exp(-10)).mean().item(), abs=2e-6)  # fp32 CE
+    unmasked = regional_info_nce(z, z.clone(), 0.1)
+    assert unmasked.item() == pytest.approx(math.log1p(2 * math.exp(-10)), abs=2e-6)
+
+
+def test_compute_losses_wiring_weights_targets_and_unlabelled_consistency():
+    """λ and λ_c multiply their terms; the voxel consistency uses the unlabelled samples only; the regional KD
+    target is the leader's voxel-sharpened, region-pooled prediction (detached)."""
+    torch.manual_seed(3)
+    kwargs = dict(unsup_rampup=0.0, region_size=4, use_intra_contrast=False, unsup_weight=0.3)
+    t = bare_trainer(nnUNetTrainerCDR, contrast_weight=0.7, **kwargs)
+    data_l, target_l, data_u = _batch(3)
+    losses, diag = t.compute_losses(data_l, target_l, data_u, truth_u=None)
+    x = torch.cat((data_l, data_u))
+    with torch.no_grad():
+        p = {k: torch.softmax(first_output(getattr(t.student, f"net_{k}")(x)), 1) for k in "ab"}
+    lead = diag["a_led"]
+    mse = lambda s, target, w=None: (((s - target) ** 2).mean(1) * (1 if w is None else w)).mean()
+    cons = lead * mse(p["b"][2:], sharpen(p["a"][2:], 0.1)) + (1 - lead) * mse(p["a"][2:], sharpen(p["b"][2:], 0.1))
+    assert losses["cons"].item() == pytest.approx(0.3 * cons.item(), rel=1e-4)
+    q = {k: flatten_regions(pool_regions(p[k], 4)) for k in "ab"}
+    w = 1 + flatten_regions(pool_regions(voxel_disagreement(p["a"], p["b"]), 4))[:, 0]
+    rkd = lead * mse(q["b"], regional_kd_target(p["a"], 4, 0.1), w) + \
+        (1 - lead) * mse(q["a"], regional_kd_target(p["b"], 4, 0.1), w)
+    assert losses["rkd"].item() == pytest.approx(0.3 * rkd.item(), rel=1e-4)
+    # the target side carries no gradient: the leader is untouched by the KD term
+    losses["rkd"].backward()
+    leader = "net_a" if lead.item() == 1.0 else "net_b"
+    assert _grad_norm(getattr(t.student, leader)) == 0
+    # λ_c scales the contrastive term (same networks, same batch)
+    torch.manual_seed(3)
+    t2 = bare_trainer(nnUNetTrainerCDR, contrast_weight=0.35, **kwargs)
+    losses2, _ = t2.compute_losses(data_l, target_l, data_u, truth_u=None)
+    assert losses["inter"].item() == pytest.approx(2 * losses2["inter"].item(), rel=1e-5)
+
+
+def test_single_network_steps_under_a_grad_scaler():
+    """_singleNetwork leaves network B without gradients; the AMP step must still run (GradScaler on the CPU)."""
+    torch.manual_seed(4)
+    t = bare_trainer(nnUNetTrainerCDR_singleNetwork, region_size=4)
+    t.optimizer = torch.optim.SGD(list(t.student.net_a.parameters()) + list(t.extra_modules.parameters()), lr=0.01)
+    t.extra_optimizers = {"net_b": torch.optim.SGD(t.student.net_b.parameters(), lr=0.01)}
+    t.grad_scaler = torch.amp.GradScaler("cpu")
+    t.is_ddp = False
+    data_l, target_l, data_u = _batch(4)
+    b_before = [p.detach().clone() for p in t.student.net_b.parameters()]
+    a_before = [p.detach().clone() for p in t.student.net_a.parameters()]
+    losses, _ = t.compute_losses(data_l, target_l, data_u, truth_u=None)
+    t.backward_and_step(sum(losses.values()))
+    assert all(torch.equal(b, p) for b, p in zip(b_before, t.student.net_b.parameters()))
+    assert any(not torch.equal(a, p) for a, p in zip(a_before, t.student.net_a.parameters()))
