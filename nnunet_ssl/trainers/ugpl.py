@@ -222,7 +222,10 @@ class nnUNetTrainerUGPL(nnUNetTrainerDualSSL):
     entropy_keep_percent = 80.0      # τ percentile: each network marks this share confident (spec §7.1; code: 20)
     unsup_rescale = True             # N / N_kept
     unsup_weight = 1.0               # w_u on L_u^A + L_u^B
-    unsup_rampup = 0.0               # no ramp (paper and code); spec's first ablation: 0.1
+    # sigmoid ramp of the unsupervised terms (L_u, KL and cosine) over this fraction of training: at step 0 they
+    # would otherwise train both networks at full weight on each other's random predictions (paper and code: 0,
+    # the `_noRamp` variant)
+    unsup_rampup = 0.1
     # KL-rectified cross pseudo supervision
     use_kl = True
     kl_direction = "symmetric"       # 'symmetric' | 'a_to_b' (code: teacher A, student B) | 'b_to_a'
@@ -233,7 +236,7 @@ class nnUNetTrainerUGPL(nnUNetTrainerDualSSL):
     cos_weight = 1.0
     # prototype alignment
     proto_weight_max = 0.1
-    proto_ramp_fraction = 1.0
+    proto_ramp_fraction = 0.4        # paper: over all of training, when the learning rate is already near zero
     proto_on = "loser"               # 'loser' | 'both'
     proto_sample_fraction = 0.01     # ρ
     proto_margin = 1.0
@@ -377,7 +380,8 @@ class nnUNetTrainerUGPL(nnUNetTrainerDualSSL):
             else:
                 kept, tau_a, tau_b = torch.ones_like(pseudo, dtype=torch.bool), nan, nan
             kept_share = kept.float().mean()
-        unsup_weight = self.current_unsup_weight(self.unsup_weight, self.unsup_rampup)
+        ramp = self.current_unsup_weight(1.0, self.unsup_rampup)  # shared by L_u, KL and cosine
+        unsup_weight = ramp * self.unsup_weight
         l_u = sum(rescaled_masked_cross_entropy(z, pseudo, kept, rescale=self.unsup_rescale) for z in (z_a_u, z_b_u))
         losses["unsup"] = unsup_weight * l_u
         rescale = torch.where(kept_share > 0, 1.0 / kept_share.clamp_min(1e-12), nan) if self.unsup_rescale \
@@ -397,9 +401,9 @@ class nnUNetTrainerUGPL(nnUNetTrainerDualSSL):
                                                      self.kl_weighting)
                 kl_loss = kl_loss + self.kl_weight * term
                 weights.append(w)
-        losses["kl"] = kl_loss
         diag["kl_weight_mean"] = torch.stack(weights).mean() if weights else nan
-        losses["cos"] = self.cos_weight * cosine_consistency(probs_a, probs_b) if self.cos_weight else \
+        losses["kl"] = ramp * kl_loss
+        losses["cos"] = ramp * self.cos_weight * cosine_consistency(probs_a, probs_b) if self.cos_weight else \
             logits_a.new_zeros(()).float()
 
         # prototype alignment on the loser's unlabelled features
@@ -473,6 +477,12 @@ class nnUNetTrainerUGPL_sameArch(nnUNetTrainerUGPL):
 class nnUNetTrainerUGPL_protoCodeSign(nnUNetTrainerUGPL):
     proto_separation = "code_pull"  # measures the authors' sign bug
     proto_push_candidates = False
+
+
+class nnUNetTrainerUGPL_noRamp(nnUNetTrainerUGPL):
+    """Paper and code: unsupervised terms at full weight from step 0, prototype weight ramped over all training."""
+    unsup_rampup = 0.0
+    proto_ramp_fraction = 1.0
 
 
 class nnUNetTrainerUGPL_tiny(ResumeTestHooks, nnUNetTrainerUGPL):
