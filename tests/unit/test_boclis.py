@@ -369,3 +369,34 @@ def test_pseudo_label_loss_reaches_whole_student_and_no_teacher():
     assert all(p.grad is not None for p in student.decoder.stages.parameters())
     assert student.encoder.stages[0][0].convs[0].conv.weight.grad.abs().sum() > 0
     assert all(p.grad is None for t in teachers.values() for p in t.parameters())
+
+
+def test_pseudo_label_loss_hand_value_over_deep_supervision():
+    """Logits (0, ln 3): p = (1/4, 3/4). Left half label 0 with r = 1, right half label 1 with r = 1/2, so each
+    level's Σ r·CE / Σ r = (2·ln 4 + ln(4/3)) / 3; nnU-Net's deep-supervision weights (0.8, 0.2) sum the levels.
+    Only the unlabelled samples (after n_labeled) count; a level with weight 0 is skipped."""
+    from types import SimpleNamespace
+
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    trainer = object.__new__(nnUNetTrainerBoCLIS)
+    trainer.loss = DeepSupervisionWrapper(lambda *a: None, [0.8, 0.2])
+    trainer.configuration_manager = SimpleNamespace(batch_dice=True)
+    trainer.is_ddp = False
+    trainer.use_pseudo_label_dice = False
+
+    def level(size):
+        logits = torch.zeros(2, 2, size, size)
+        logits[:, 1] = math.log(3.0)
+        logits[0] = 100.0  # the labelled sample: must not count
+        return logits
+    labels = torch.zeros(1, 4, 4, dtype=torch.long)
+    labels[..., 2:] = 1
+    reliability = torch.ones(1, 4, 4)
+    reliability[..., 2:] = 0.5
+    value = (2 * math.log(4) + math.log(4 / 3)) / 3
+    loss = trainer.pseudo_label_loss([level(4), level(2)], 1, labels, reliability)
+    assert loss.item() == pytest.approx(value, rel=1e-5)
+    trainer.loss = DeepSupervisionWrapper(lambda *a: None, [1.0, 0.0])
+    bad = level(2)
+    bad[1, 1] = -50.0  # a level with weight 0 would add a huge loss
+    assert trainer.pseudo_label_loss([level(4), bad], 1, labels, reliability).item() == pytest.approx(value, rel=1e-5)
