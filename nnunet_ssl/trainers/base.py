@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
+from batchgenerators.utilities.file_and_folder_operations import isdir, join
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as nnunet_trainer_module
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -35,7 +35,9 @@ from torch import autocast, nn
 
 from nnunet_ssl.augment.strong import StrongAugmentation
 from nnunet_ssl.augment.views import UNLABELED_VIEWS, split_training_transforms
-from nnunet_ssl.data.unlabeled_dataset import UnlabeledDataset, read_manifest, unlabeled_preprocessed_folder
+from nnunet_ssl.data.splits import check_fold_keeps_labels_hidden, fold_unlabeled_cases
+from nnunet_ssl.data.unlabeled_dataset import (UnlabeledDataError, UnlabeledDataset, check_unlabeled_folder,
+                                               unlabeled_preprocessed_folder)
 from nnunet_ssl.diagnostics import nanmean_or_nan, plot_ssl_progress
 from nnunet_ssl.modules.ema import EMATeacher, unwrap_network
 from nnunet_ssl.ramps import sigmoid_rampup
@@ -216,29 +218,36 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         return self.maybe_compiled(name, self.teachers[name].module, self.compile_teacher)(x, **kwargs)
 
     # ------------------------------------------------------------------------------------------- unlabelled data
+    def do_split(self):
+        """nnU-Net's split, but never one that trains on labels ``splits_final.json`` hides: fold ``all`` and
+        folds beyond the file's list are refused when it has ``unlabeled`` cases (``SplitError``)."""
+        check_fold_keeps_labels_hidden(self.preprocessed_dataset_folder_base, self.fold,
+                                       self.plans_manager.dataset_name)
+        return super().do_split()
+
     def get_unlabeled_sources(self) -> Dict[str, List[str]]:
-        """{preprocessed folder: case identifiers} of every unlabelled case this fold may use."""
+        """{preprocessed folder: case identifiers} of every unlabelled case this fold may use.
+
+        The ``imagesUnlabeled`` folder must have been made with these plans (``check_unlabeled_folder``: a stale or
+        unverifiable folder, or a case named like a labelled one, is refused with the command that fixes it)."""
         sources: Dict[str, List[str]] = {}
         tr_keys, val_keys = self.do_split()
-        if self.use_split_unlabeled_cases and self.fold != "all":
-            splits_file = join(self.preprocessed_dataset_folder_base, "splits_final.json")
-            splits = load_json(splits_file) if isfile(splits_file) else []
-            split_unlabeled = list(splits[self.fold].get("unlabeled", [])) if self.fold < len(splits) else []
-            overlap = set(split_unlabeled) & (set(tr_keys) | set(val_keys))
-            if overlap:
-                raise RuntimeError(f"{splits_file}, fold {self.fold}: cases {sorted(overlap)} are listed as "
-                                   f"'unlabeled' and also in 'train' or 'val'. Fix the split (nnUNetv2_ssl_split).")
+        if self.use_split_unlabeled_cases:
+            split_unlabeled = fold_unlabeled_cases(self.preprocessed_dataset_folder_base, self.fold,
+                                                   list(tr_keys) + list(val_keys))
             if split_unlabeled:
                 sources[self.preprocessed_dataset_folder] = split_unlabeled
                 self.hidden_truth_cases.update(split_unlabeled)
         unl_folder = unlabeled_preprocessed_folder(self.preprocessed_dataset_folder_base,
                                                    self.configuration_manager.data_identifier)
         if self.use_imagesUnlabeled and isdir(unl_folder):
-            manifest = read_manifest(unl_folder)
+            manifest = check_unlabeled_folder(
+                unl_folder, self.plans_manager, self.configuration_manager, self.configuration_name,
+                self.dataset_json, self.dataset_class.get_identifiers(self.preprocessed_dataset_folder))
             sources[unl_folder] = list(manifest["cases"])
             self.hidden_truth_cases.update(manifest["cases_with_reference"])
         if not any(sources.values()):
-            raise RuntimeError(
+            raise UnlabeledDataError(
                 f"{type(self).__name__} found no unlabelled cases for {self.plans_manager.dataset_name}, "
                 f"configuration {self.configuration_name}, fold {self.fold}. Either put images into "
                 f"nnUNet_raw/{self.plans_manager.dataset_name}/imagesUnlabeled and run `nnUNetv2_ssl_preprocess_"
