@@ -32,7 +32,6 @@ Changing the settings of an existing ``--output`` is refused (it would mix runs 
 import argparse
 import gc
 import json
-import math
 import os
 import sys
 import time
@@ -147,16 +146,30 @@ def model_folder(results_root: str, dataset_name: str, trainer: str, plans: str,
     return os.path.join(results_root, dataset_name, f"{trainer}__{plans}__{configuration}")
 
 
-def train(trainer_class, args, paths, budget_pre_root, results_root, fold_dir, device) -> float:
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch before a run. nnU-Net's augmentation workers draw their own seeds, so a
+    seed names a repetition rather than making a run bit-reproducible."""
+    import random
+
+    import numpy as np
+    import torch
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(trainer_class, args, paths, budget_pre_root, results_root, fold_dir, device, seed: int = 0) -> float:
     import torch
     latest = os.path.join(fold_dir, "checkpoint_latest.pth")
     resume = os.path.isfile(latest)
+    seed_everything(seed)
     with environment(nnUNet_preprocessed=budget_pre_root, nnUNet_results=results_root):
         trainer = construct_trainer(trainer_class, paths["name"], args.c, args.fold, args.p, device,
                                     continue_training=resume)
         trainer.num_epochs = args.epochs
         trainer.num_iterations_per_epoch = args.iters_per_epoch
         trainer.num_val_iterations_per_epoch = args.val_iters
+        trainer.save_every = 1  # checkpoint_latest.pth after every epoch, so a run that is cut off can continue
         if resume:
             print(f"[benchmark_ssl]   continuing from {latest}")
             trainer.load_checkpoint(latest)
@@ -209,43 +222,102 @@ def dice_summary(metrics: dict) -> dict:
             "n_cases": summary["n_cases"], "per_class": per_class}
 
 
-def run_one(trainer_name, budget, args, paths, budget_dir, heldout, device) -> dict:
-    """Train (or continue), predict and evaluate one trainer at one budget, skipping finished work."""
-    run_dir = os.path.join(budget_dir, trainer_name)
-    results_root = os.path.join(budget_dir, "nnUNet_results")
+def metric_summary(metrics: dict) -> dict:
+    """Mean and std over held-out cases of the class-mean Dice, Jaccard, 95HD and ASD (voxels and mm), and the
+    per-case Dice (so tables can be re-aggregated, e.g. paired differences between runs)."""
+    mean = metrics["summary"]["mean"]
+    out = {k: {"mean": mean[k]["mean"], "std": mean[k]["std"]}
+           for k in ("dice", "jaccard", "hd95_voxel", "asd_voxel", "hd95_mm", "asd_mm") if k in mean}
+    out["per_case_dice"] = {c["case"]: c["mean"]["dice"] for c in metrics["cases"]}
+    return out
+
+
+def ssl_diagnostics(fold_dir: str) -> dict:
+    """Per-epoch semi-supervised diagnostics (pseudo-label Dice against the hidden labels, reliable fraction,
+    teacher confidence, unsupervised loss) from the final checkpoint's log; {} for supervised runs."""
+    import torch
+    final = os.path.join(fold_dir, "checkpoint_final.pth")
+    if not os.path.isfile(final):
+        return {}
+    logging = torch.load(final, map_location="cpu", weights_only=False).get("logging", {})
+    keys = [k for k in ("pseudo_label_dice", "reliable_fraction", "teacher_confidence", "unsup_loss",
+                        "unsup_weight", "mean_fg_dice", "val_losses", "train_losses") if logging.get(k)]
+    return {k: [float(v) for v in logging[k]] for k in keys}
+
+
+def git_commit() -> Optional[str]:
+    import subprocess
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=os.path.dirname(os.path.abspath(__file__)), timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("+uncommitted changes" if dirty.stdout.strip() else "")
+
+
+def run_tag(trainer_name: str, seed: int) -> str:
+    return f"{trainer_name}__seed{seed}"
+
+
+def write_record(record_dir: Optional[str], budget_tag: str, record: dict) -> None:
+    """The run's result as one small JSON under ``record_dir/budget_<tag>/`` (meant to be committed)."""
+    if not record_dir or record.get("status") != "ok":
+        return
+    folder = os.path.join(record_dir, f"budget_{budget_tag}")
+    os.makedirs(folder, exist_ok=True)
+    keep = {k: v for k, v in record.items() if k not in ("model_folder", "run_folder", "skipped")}
+    with open(os.path.join(folder, run_tag(record["trainer"], record["seed"]) + ".json"), "w",
+              encoding="utf-8") as f:
+        json.dump(keep, f, indent=2)
+
+
+def run_one(trainer_name, budget, args, paths, budget_dir, heldout, device, seed: int = 0,
+            context: Optional[dict] = None) -> dict:
+    """Train (or continue), predict and evaluate one trainer at one budget and seed, skipping finished work."""
+    seed_dir = os.path.join(budget_dir, f"seed_{seed}")
+    run_dir = os.path.join(seed_dir, trainer_name)
+    results_root = os.path.join(seed_dir, "nnUNet_results")
     model_dir = model_folder(results_root, paths["name"], trainer_name, args.p, args.c)
     fold_dir = os.path.join(model_dir, f"fold_{args.fold}")
     final = os.path.join(fold_dir, "checkpoint_final.pth")
     metrics_file = os.path.join(run_dir, "evaluation", "metrics.json")
-    record = {"trainer": trainer_name, "budget": budget, "model_folder": model_dir, "run_folder": run_dir}
+    record = {"trainer": trainer_name, "budget": budget, "seed": seed, "model_folder": model_dir,
+              "run_folder": run_dir}
     run_file = os.path.join(run_dir, RUN_FILE)
     if os.path.isfile(final) and os.path.isfile(metrics_file):
-        print(f"[benchmark_ssl] skipped {trainer_name} (budget {budget}): finished earlier ({final})")
+        print(f"[benchmark_ssl] skipped {trainer_name} (budget {budget}, seed {seed}): finished earlier ({final})")
         with open(metrics_file, encoding="utf-8") as f:
-            dice = dice_summary(json.load(f))
+            metrics = json.load(f)
         previous = {}
         if os.path.isfile(run_file):
             with open(run_file, encoding="utf-8") as f:
                 previous = json.load(f)
-        return {**previous, **record, "status": "ok", "skipped": True, "dice": dice}
+        return {**previous, **record, "status": "ok", "skipped": True, "dice": dice_summary(metrics),
+                "metrics": metric_summary(metrics)}
     trainer_class, reason = resolve_trainer(trainer_name)
     if trainer_class is None:
         print(f"[benchmark_ssl] skipping {trainer_name}: {reason}")
         return {**record, "status": "skipped (not importable)", "reason": reason}
     os.makedirs(run_dir, exist_ok=True)
+    record.update(context or {})
     try:
         if os.path.isfile(final):
-            print(f"[benchmark_ssl] {trainer_name} (budget {budget}): trained earlier, predicting again")
+            print(f"[benchmark_ssl] {trainer_name} (budget {budget}, seed {seed}): trained earlier, predicting again")
             record["train_seconds"] = None
         else:
-            print(f"[benchmark_ssl] training {trainer_name} (budget {budget}): {args.epochs} epochs x "
+            print(f"[benchmark_ssl] training {trainer_name} (budget {budget}, seed {seed}): {args.epochs} epochs x "
                   f"{args.iters_per_epoch} iterations")
             record["train_seconds"] = train(trainer_class, args, paths, os.path.join(budget_dir, "nnUNet_preprocessed"),
-                                            results_root, fold_dir, device)
+                                            results_root, fold_dir, device, seed)
         prediction_folder = os.path.join(run_dir, "predictions")
         record["predict_seconds"] = predict(model_dir, heldout, prediction_folder, args, device)
         metrics = evaluate(heldout, prediction_folder, os.path.dirname(metrics_file), paths)
-        record.update(status="ok", skipped=False, dice=dice_summary(metrics))
+        record.update(status="ok", skipped=False, dice=dice_summary(metrics), metrics=metric_summary(metrics),
+                      diagnostics=ssl_diagnostics(fold_dir))
     except Exception as e:  # one failing trainer must not cost the others' results
         traceback.print_exc()
         record.update(status="failed", reason=f"{type(e).__name__}: {e}")
@@ -255,48 +327,23 @@ def run_one(trainer_name, budget, args, paths, budget_dir, heldout, device) -> d
 
 
 # ------------------------------------------------------------------------------------------------------ report
-def _cell(run: Optional[dict]) -> str:
-    if run is None:
-        return "–"
-    if run["status"] != "ok":
-        return run["status"].split(" ")[0]
-    dice = run["dice"]
-    if dice["mean"] is None or (isinstance(dice["mean"], float) and math.isnan(dice["mean"])):
-        return "n/a"
-    return f"{100 * dice['mean']:.2f} ± {100 * dice['std']:.2f}"
-
-
-def row_label(trainer: str) -> str:
-    return f"{trainer} (labelled only)" if trainer == BASELINE else trainer
+def flat_runs(runs: Dict[str, Dict[str, Dict[str, dict]]]) -> List[dict]:
+    """{trainer: {budget tag: {seed: record}}} -> records tagged with their budget."""
+    return [{**r, "budget_tag": tag} for by_tag in runs.values() for tag, by_seed in by_tag.items()
+            for r in by_seed.values()]
 
 
 def markdown_report(report: dict) -> str:
-    s, m = report["settings"], report["machine"]
-    budgets, runs = s["budgets"], report["runs"]
-    n_all = report["num_training_cases"]
-    header = [f"Labelled cases: {b} ({100 * b / n_all:.0f} %)" for b in budgets] + [f"all {n_all} labelled"]
-    lines = ["| Trainer | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
-    for trainer in [BASELINE] + s["ssl_trainers"]:
-        cells = [_cell(runs.get(trainer, {}).get(str(b))) for b in budgets]
-        cells.append(_cell(runs.get(trainer, {}).get(ALL_LABELED)) if trainer == BASELINE else "–")
-        lines.append(f"| {row_label(trainer)} | " + " | ".join(cells) + " |")
-    notes = [f"Dataset {s['dataset_name']}, configuration {s['configuration']}, plans {s['plans']}, fold "
-             f"{s['fold']}; every run {s['epochs']} epochs x {s['iters_per_epoch']} iterations = "
-             f"{s['epochs'] * s['iters_per_epoch']} iterations ({s['val_iters']} validation iterations per epoch).",
-             f"Held-out set: {report['heldout']['n_cases']} cases, {report['heldout']['source']}; Dice % = mean ± std "
-             f"(ddof=0) over cases of the per-case mean over the foreground classes "
-             f"{report['heldout']['labels']}; test-time mirroring {'off' if s['disable_tta'] else 'on'}.",
-             f"{n_all} training cases outside the split's validation block; at budget B the semi-supervised trainers "
-             f"see the other {n_all} - B of them without labels (plus imagesUnlabeled, if preprocessed).",
-             f"Machine: {m['device_name']}, torch {m['torch']}, nnU-Net {m['nnunetv2']}, {m['date']}. "
-             f"Single runs (no repetitions over seeds)."]
-    for trainer, by_budget in runs.items():
-        for budget, run in by_budget.items():
-            if run["status"] != "ok":
-                notes.append(f"{trainer}, budget {budget}: {run['status']} ({run.get('reason', '')})")
-    if m["device"] == "cpu":
-        notes.append("CPU run at toy scale: checks the mechanics only.")
-    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    from benchmark_table import markdown_table
+    records = flat_runs(report["runs"])
+    notes = [f"{report['num_training_cases']} training cases outside the held-out block; at budget B the "
+             f"semi-supervised trainers see the other {report['num_training_cases']} - B of them without labels "
+             f"(plus imagesUnlabeled, if preprocessed)."]
+    notes += [f"{r['trainer']}, budget {r['budget_tag']}, seed {r['seed']}: {r['status']} ({r.get('reason', '')})"
+              for r in records if r["status"] != "ok"]
+    if report["machine"]["device"] == "cpu":
+        notes.append("CPU run.")
+    return markdown_table(records) + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
 def plot_report(report: dict, filename: str) -> None:
@@ -308,21 +355,23 @@ def plot_report(report: dict, filename: str) -> None:
 
 
 def _plot(report: dict, filename: str, plt) -> None:
-    s, runs, n_all = report["settings"], report["runs"], report["num_training_cases"]
+    from benchmark_table import group_runs
+    s, n_all = report["settings"], report["num_training_cases"]
+    groups = group_runs(flat_runs(report["runs"]))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for trainer in [BASELINE] + s["ssl_trainers"]:
-        points = [(b, runs.get(trainer, {}).get(str(b))) for b in s["budgets"]]
-        points = [(b, r["dice"]) for b, r in points if r and r["status"] == "ok" and r["dice"]["mean"] is not None]
+        points = [(b, groups.get((trainer, str(b)))) for b in s["budgets"]]
+        points = [(b, [r["metrics"]["dice"]["mean"] for r in rs]) for b, rs in points if rs]
         if points:
-            xs = [b for b, _ in points]
-            ax.errorbar(xs, [100 * d["mean"] for _, d in points], yerr=[100 * d["std"] for _, d in points],
-                        marker="o", capsize=3, label=row_label(trainer))
-    full = runs.get(BASELINE, {}).get(ALL_LABELED)
-    if full and full["status"] == "ok" and full["dice"]["mean"] is not None:
-        ax.axhline(100 * full["dice"]["mean"], color="k", linestyle="--",
+            ax.errorbar([b for b, _ in points], [100 * sum(d) / len(d) for _, d in points],
+                        yerr=[100 * (max(d) - min(d)) / 2 for _, d in points], marker="o", capsize=3,
+                        label=row_label(trainer))
+    full = groups.get((BASELINE, ALL_LABELED))
+    if full:
+        ax.axhline(100 * sum(r["metrics"]["dice"]["mean"] for r in full) / len(full), color="k", linestyle="--",
                    label=f"{BASELINE}, all {n_all} labelled")
     ax.set_xlabel("labelled training cases")
-    ax.set_ylabel("Dice (%) on held-out cases")
+    ax.set_ylabel("Dice (%) on held-out cases (error bar: seed range)")
     ax.set_xticks(s["budgets"])
     ax.set_title(f"{s['dataset_name']} {s['configuration']}, {s['epochs'] * s['iters_per_epoch']} iterations per run",
                  fontsize=10)
@@ -333,6 +382,10 @@ def _plot(report: dict, filename: str, plt) -> None:
     plt.close(fig)
 
 
+def row_label(trainer: str) -> str:
+    return f"{trainer} (labelled only)" if trainer == BASELINE else trainer
+
+
 # --------------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[2].replace("\n", " "))
@@ -340,9 +393,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     p.add_argument("--budgets", type=int, nargs="+", required=True, help="numbers of labelled training cases")
-    p.add_argument("--trainers", nargs="+", default=list(SSL_TRAINERS),
+    p.add_argument("--trainers", nargs="*", default=list(SSL_TRAINERS),
                    help=f"semi-supervised trainers (default: {' '.join(SSL_TRAINERS)}); {BASELINE} labelled-only "
-                        f"and fully supervised are always run")
+                        f"and fully supervised are run too unless --no-baseline / --no-full")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="training seeds: every run is repeated once per seed (default: 0)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the labelled-only nnUNetTrainer runs")
+    p.add_argument("--record-dir", default=None,
+                   help="also write each finished run's result (metrics, diagnostics, commit, machine, date, "
+                        "iterations, seed) as a small JSON under this folder, e.g. benchmarks/LA_3p5mm, so that "
+                        "results can be committed and tables rebuilt with scripts/benchmark_table.py")
     p.add_argument("--epochs", type=int, required=True, help="epochs of every run")
     p.add_argument("--iters-per-epoch", type=int, default=250, help="training iterations per epoch (default 250)")
     p.add_argument("--val-iters", type=int, default=10,
@@ -366,7 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
 def check_settings(output: str, settings: dict) -> None:
     """Refuse to mix runs with different settings in one --output (budgets and trainers may be added)."""
     path = os.path.join(output, SETTINGS_FILE)
-    fixed = {k: v for k, v in settings.items() if k not in ("budgets", "ssl_trainers", "no_full")}
+    fixed = {k: v for k, v in settings.items() if k not in ("budgets", "ssl_trainers", "no_full", "seeds",
+                                                                   "no_baseline")}
     if os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             old = json.load(f)
@@ -414,10 +475,10 @@ def _main(args) -> int:
                 "fold": args.fold, "seed": args.seed, "num_val": num_val, "epochs": args.epochs,
                 "iters_per_epoch": args.iters_per_epoch, "val_iters": args.val_iters, "test_set": args.test_set,
                 "disable_tta": args.disable_tta, "budgets": budgets, "ssl_trainers": ssl_trainers,
-                "no_full": args.no_full}
+                "no_full": args.no_full, "seeds": sorted(set(args.seeds)), "no_baseline": args.no_baseline}
     check_settings(output, settings)
 
-    plan = [(str(b), b, [BASELINE] + ssl_trainers) for b in budgets]
+    plan = [(str(b), b, ([] if args.no_baseline else [BASELINE]) + ssl_trainers) for b in budgets]
     if not args.no_full:
         plan.append((ALL_LABELED, num_all, [BASELINE]))
     splits, budget_dirs = {}, {}
@@ -431,11 +492,17 @@ def _main(args) -> int:
         raise BenchmarkError("the budgets' splits hold out different cases (internal error)")
     heldout = heldout_cases(paths, args.test_set, val_cases, output)
 
+    context = {"commit": git_commit(), "machine": machine_info(device),
+               "iterations": args.epochs * args.iters_per_epoch,
+               "settings": {k: v for k, v in settings.items() if k not in ("budgets", "ssl_trainers", "seeds")}}
     runs: Dict[str, Dict[str, dict]] = {}
     for tag, num_labeled, trainers in plan:
         for trainer in trainers:
-            runs.setdefault(trainer, {})[tag] = run_one(trainer, num_labeled, args, paths, budget_dirs[tag],
-                                                        heldout, device)
+            for seed in settings["seeds"]:
+                record = run_one(trainer, num_labeled, args, paths, budget_dirs[tag], heldout, device, seed,
+                                 {**context, "split": splits[tag], "heldout_source": heldout["source"]})
+                write_record(args.record_dir, tag, record)
+                runs.setdefault(trainer, {}).setdefault(tag, {})[str(seed)] = record
 
     report = {"settings": settings, "machine": machine_info(device), "num_training_cases": num_all,
               "heldout": {"source": heldout["source"], "n_cases": len(heldout["images"]),
@@ -449,7 +516,7 @@ def _main(args) -> int:
     plot_report(report, os.path.join(output, "benchmark_ssl.png"))
     print("\n" + table)
     print(f"Wrote {os.path.join(output, 'benchmark_ssl.md')}, benchmark_ssl.png and benchmark_ssl.json")
-    return 0 if all(r["status"] != "failed" for t in runs.values() for r in t.values()) else 1
+    return 0 if all(r["status"] != "failed" for r in flat_runs(runs)) else 1
 
 
 if __name__ == "__main__":

@@ -94,8 +94,10 @@ def test_benchmark_ssl_and_resume(synthetic_nnunet, tmp_path):
     split_before = user_split.read_bytes()
     results_before = listing(root / "results")
     out = tmp_path / "bench"
+    records = tmp_path / "records"
     args = ["-d", DATASET_ID, *CPU_ARGS, "--budgets", 2, "--trainers", "nnUNetTrainerMeanTeacher", "--epochs", 1,
-            "--iters-per-epoch", 1, "--val-iters", 1, "--val", 2, "--disable-tta", "-o", out]
+            "--iters-per-epoch", 1, "--val-iters", 1, "--val", 2, "--disable-tta", "-o", out,
+            "--record-dir", records]
     proc = run_script("benchmark_ssl.py", args, env)
     assert proc.stdout.count("[benchmark_ssl] training ") == 3
     report = json.loads((out / "benchmark_ssl.json").read_text())
@@ -109,23 +111,34 @@ def test_benchmark_ssl_and_resume(synthetic_nnunet, tmp_path):
     assert set(runs) == {"nnUNetTrainer", "nnUNetTrainerMeanTeacher"}
     assert set(runs["nnUNetTrainer"]) == {"2", "all"} and set(runs["nnUNetTrainerMeanTeacher"]) == {"2"}
     table = (out / "benchmark_ssl.md").read_text().splitlines()
-    assert table[0] == "| Trainer | Labelled cases: 2 (50 %) | all 4 labelled |"
-    for trainer, budget, row in (("nnUNetTrainer", "2", "nnUNetTrainer (labelled only)"),
-                                 ("nnUNetTrainer", "all", "nnUNetTrainer (labelled only)"),
-                                 ("nnUNetTrainerMeanTeacher", "2", "nnUNetTrainerMeanTeacher")):
-        run = runs[trainer][budget]
+    assert table[0].startswith("| Trainer | labelled | seeds | Dice % | Jaccard % | 95HD (voxels) | ASD (voxels) |")
+    for trainer, budget in (("nnUNetTrainer", "2"), ("nnUNetTrainer", "all"), ("nnUNetTrainerMeanTeacher", "2")):
+        run = runs[trainer][budget]["0"]  # seed 0
         assert run["status"] == "ok" and run["skipped"] is False and run["train_seconds"] > 0
-        # the reported Dice is nnUNetv2_ssl_evaluate's headline of this run's predictions
-        metrics = json.loads((out / f"budget_{budget}" / trainer / "evaluation" / "metrics.json").read_text())
+        # the reported metrics are nnUNetv2_ssl_evaluate's of this run's predictions
+        seed_dir = out / f"budget_{budget}" / "seed_0"
+        metrics = json.loads((seed_dir / trainer / "evaluation" / "metrics.json").read_text())
         dice = metrics["summary"]["headline"]["dice"]
         assert run["dice"]["mean"] == dice["mean"] and 0 <= dice["mean"] <= 1 and metrics["summary"]["n_cases"] == 2
-        assert f"{100 * dice['mean']:.2f} ± {100 * dice['std']:.2f}" in next(l for l in table
-                                                                           if l.startswith(f"| {row} |"))
-        fold = (out / f"budget_{budget}" / "nnUNet_results" / DATASET_NAME / f"{trainer}__nnUNetPlans__2d" /
-                "fold_0")
-        assert json.loads((fold / "debug.json").read_text())["num_epochs"] == "1"  # schedule set on the instance
-    assert next(l for l in table if l.startswith("| nnUNetTrainerMeanTeacher |")).endswith("| – |")
+        assert run["metrics"]["dice"]["mean"] == pytest.approx(metrics["summary"]["mean"]["dice"]["mean"])
+        assert set(run["metrics"]["per_case_dice"]) == set(report["heldout"]["cases"])
+        label = "all" if budget == "all" else budget
+        row = next(l for l in table if l.startswith(f"| {trainer} | {label} | 0 |"))
+        assert f"| {100 * run['metrics']['dice']['mean']:.2f} ± " in row
+        fold = seed_dir / "nnUNet_results" / DATASET_NAME / f"{trainer}__nnUNetPlans__2d" / "fold_0"
+        debug = json.loads((fold / "debug.json").read_text())
+        assert debug["num_epochs"] == "1" and debug["save_every"] == "1"  # schedule set on the instance
+        # the committed record: metrics, commit, machine, iterations, seed
+        record = json.loads((records / f"budget_{budget}" / f"{trainer}__seed0.json").read_text())
+        assert record["metrics"] == run["metrics"] and record["seed"] == 0 and record["iterations"] == 1
+        assert record["machine"]["device"] == "cpu" and record["commit"] and record["split"] == report["splits"][budget]
+    mt_record = json.loads((records / "budget_2" / "nnUNetTrainerMeanTeacher__seed0.json").read_text())
+    assert len(mt_record["diagnostics"]["pseudo_label_dice"]) == 1  # one epoch of the per-epoch diagnostics
     assert (out / "benchmark_ssl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the table rebuilt from the records alone equals the run's own table part
+    rebuilt = run_script("benchmark_table.py", [records], env).stdout
+    assert next(l for l in rebuilt.splitlines() if l.startswith("| nnUNetTrainerMeanTeacher |")) == \
+        next(l for l in table if l.startswith("| nnUNetTrainerMeanTeacher |"))
     # the user's split and results are untouched
     assert user_split.read_bytes() == split_before
     assert listing(root / "results") == results_before
@@ -134,15 +147,15 @@ def test_benchmark_ssl_and_resume(synthetic_nnunet, tmp_path):
     checkpoints = sorted(out.rglob("checkpoint_final.pth"))
     assert len(checkpoints) == 3
     mtimes = {p: p.stat().st_mtime_ns for p in checkpoints}
-    (out / "budget_2" / "nnUNetTrainer" / "evaluation" / "metrics.json").unlink()
+    (out / "budget_2" / "seed_0" / "nnUNetTrainer" / "evaluation" / "metrics.json").unlink()
     proc = run_script("benchmark_ssl.py", args, env)
     assert "[benchmark_ssl] training " not in proc.stdout
     assert proc.stdout.count("[benchmark_ssl] skipped ") == 2
-    assert "nnUNetTrainer (budget 2): trained earlier, predicting again" in proc.stdout
+    assert "nnUNetTrainer (budget 2, seed 0): trained earlier, predicting again" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == mtimes
     rerun = json.loads((out / "benchmark_ssl.json").read_text())["runs"]
-    assert rerun["nnUNetTrainerMeanTeacher"]["2"]["skipped"] is True
-    assert rerun["nnUNetTrainer"]["2"]["dice"]["mean"] == runs["nnUNetTrainer"]["2"]["dice"]["mean"]
+    assert rerun["nnUNetTrainerMeanTeacher"]["2"]["0"]["skipped"] is True
+    assert rerun["nnUNetTrainer"]["2"]["0"]["dice"]["mean"] == runs["nnUNetTrainer"]["2"]["0"]["dice"]["mean"]
 
     # other settings in the same output folder are refused before anything runs
     more_epochs = list(args)
