@@ -63,9 +63,10 @@ def test_missing_trainer_gives_hint(synthetic_nnunet):
     env = dict(synthetic_nnunet["env"])
     proc = run_cli(["nnUNetv2_ssl_train", DATASET_ID, "3d_fullres", "0", "-tr", "nnUNetTrainerDoesNotExist",
                     "-device", "cpu"], env, expect_ok=False)
-    assert proc.returncode != 0
-    assert "Could not find requested nnunet trainer" in proc.stderr
-    assert "Hint" in proc.stderr and "nnUNet_extTrainer" in proc.stderr
+    # one error style: a message naming the setting and the fix, exit code 2, no traceback
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "nnUNetv2_ssl_train: error: " in proc.stderr and "Could not find requested nnunet trainer" in proc.stderr
+    assert "nnUNet_extTrainer" in proc.stderr and "Check the trainer name" in proc.stderr
 
 
 def test_stock_predict_needs_ext_trainer(synthetic_nnunet):
