@@ -102,7 +102,7 @@ def write_budget_split(paths: dict, budget_root: str, num_labeled: int, num_val:
                             str(num_folds), "--seed", str(seed)])
         except SystemExit as e:
             if e.code:
-                raise BenchmarkError(f"nnUNetv2_ssl_split --labeled {num_labeled} --val {num_val} failed (see "
+                raise BenchmarkError(f"nnUNetv2_ssl_split --labeled {num_labeled} --num-val {num_val} failed (see "
                                      f"above)") from None
     return expected
 
@@ -453,6 +453,10 @@ def main(argv=None) -> int:
 
 def _main(args) -> int:
     from nnunet_ssl.data.splits import training_identifiers
+    if args.fold < 0:
+        # the benchmark writes its own split with folds 0..fold, so every run has a fold whose labels stay hidden;
+        # a negative index would silently pick another block
+        raise BenchmarkError(f"--fold {args.fold}: give the held-out block's index, 0 or more")
     if args.epochs < 1 or args.iters_per_epoch < 1 or args.val_iters < 1:
         raise BenchmarkError("--epochs, --iters-per-epoch and --val-iters must be at least 1")
     use_plugin_trainers()
