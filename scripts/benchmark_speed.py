@@ -265,7 +265,10 @@ def audit_loss_code(trainer) -> dict:
             "sites": {f"{op} at {where}": n for (op, where), n in audit.summary().most_common()}}
 
 
-def benchmark_trainer(trainer_class, args, device) -> dict:
+def benchmark_trainer(trainer_class, args, device, prepare=None, after=None) -> dict:
+    """Time one trainer (see the module docstring). Optional hooks for scripts building on this one:
+    ``prepare(trainer)`` runs after construction, before ``on_train_start``; ``after(trainer, result)`` runs after
+    the timed phases, the audit and the memory readings, and may add entries to ``result``."""
     import torch
     cuda = device.type == "cuda"
 
@@ -279,6 +282,8 @@ def benchmark_trainer(trainer_class, args, device) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     trainer = construct_trainer(trainer_class, args.d, args.c, args.fold, args.p, device)
     try:
+        if prepare is not None:
+            prepare(trainer)
         trainer.on_train_start()
         trainer.on_train_epoch_start()  # network.train(), learning rate of epoch 0 (as the training loop does)
         streams = training_streams(trainer)
@@ -309,6 +314,8 @@ def benchmark_trainer(trainer_class, args, device) -> dict:
         result["loss_code_syncs"] = audit_loss_code(trainer)
         result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30 if cuda else None
         result["peak_gpu_memory_reserved_gib"] = torch.cuda.max_memory_reserved(device) / 2 ** 30 if cuda else None
+        if after is not None:
+            after(trainer, result)
         return result
     finally:
         shutdown_loaders(trainer)
