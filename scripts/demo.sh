@@ -11,6 +11,9 @@ mkdir -p "$WORK"/{raw,preprocessed,results}
 export nnUNet_raw="$WORK/raw" nnUNet_preprocessed="$WORK/preprocessed" nnUNet_results="$WORK/results"
 eval "$(nnUNetv2_ssl_env)"   # lets the stock nnUNetv2_train / nnUNetv2_predict find the plugin's trainers
 DEVICE=$(python -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+# nnU-Net starts 8 export/preprocessing workers by default; on a small machine that only oversubscribes it
+CORES=$(nproc 2>/dev/null || echo 2)
+export nnUNet_def_n_proc="${nnUNet_def_n_proc:-$CORES}"
 echo "== device: $DEVICE, work folder: $WORK"
 
 if [ ! -d "$nnUNet_raw/Dataset990_SyntheticSSL" ]; then
@@ -18,9 +21,9 @@ if [ ! -d "$nnUNet_raw/Dataset990_SyntheticSSL" ]; then
     --shape 32 32 32
 fi
 if [ ! -f "$nnUNet_preprocessed/Dataset990_SyntheticSSL/nnUNetPlans.json" ]; then
-  nnUNetv2_plan_and_preprocess -d 990 -c 3d_fullres -np 2 --verify_dataset_integrity
+  nnUNetv2_plan_and_preprocess -d 990 -c 3d_fullres -np "$nnUNet_def_n_proc" --verify_dataset_integrity
 fi
-nnUNetv2_ssl_preprocess_unlabeled -d 990 -c 3d_fullres -np 2
+nnUNetv2_ssl_preprocess_unlabeled -d 990 -c 3d_fullres -np "$nnUNet_def_n_proc"
 # 3 labelled cases per fold; the other training cases' labels are hidden (used only for pseudo-label diagnostics)
 [ -f "$nnUNet_preprocessed/Dataset990_SyntheticSSL/splits_final.json" ] || nnUNetv2_ssl_split -d 990 --labeled 3 --num-val 3
 
@@ -31,7 +34,7 @@ else
   nnUNetv2_train 990 3d_fullres 0 -tr "$TRAINER" -device "$DEVICE"
 fi
 nnUNetv2_predict -i "$nnUNet_raw/Dataset990_SyntheticSSL/imagesTs" -o "$WORK/predictions_$TRAINER" -d 990 \
-  -c 3d_fullres -tr "$TRAINER" -f 0 -device "$DEVICE" -npp 1 -nps 1 --disable_progress_bar
+  -c 3d_fullres -tr "$TRAINER" -f 0 -device "$DEVICE" -npp "$nnUNet_def_n_proc" -nps "$nnUNet_def_n_proc" --disable_progress_bar
 nnUNetv2_ssl_evaluate -ref "$nnUNet_raw/Dataset990_SyntheticSSL/labelsTs" -pred "$WORK/predictions_$TRAINER" \
   -o "$WORK/evaluation_$TRAINER" --overwrite
 echo "== done: $WORK/evaluation_$TRAINER/metrics.md"
