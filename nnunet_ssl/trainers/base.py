@@ -95,6 +95,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     unlabeled_ratio: float = 1.0                 # unlabelled : labelled samples per iteration
     use_split_unlabeled_cases: bool = True       # the `unlabeled` cases of splits_final.json
     use_imagesUnlabeled: bool = True             # cases preprocessed by nnUNetv2_ssl_preprocess_unlabeled
+    unlabeled_oversample_foreground_percent: float = 0.0  # unlabelled cases have no label positions to centre on
     # 'shared': the labelled and unlabelled streams split nnU-Net's augmentation workers (nnUNet_n_proc_DA) in
     # proportion to their batch sizes, so two streams do not put twice nnU-Net's processes on the CPU;
     # 'per_stream': each stream gets the full number (for machines with many spare cores)
@@ -255,6 +256,10 @@ class nnUNetTrainerSSL(nnUNetTrainer):
                 f"training cases with `nnUNetv2_ssl_split -d {self.plans_manager.dataset_name} --labeled N`.")
         return sources
 
+    def build_unlabeled_dataset(self):
+        """The unlabelled stream's nnU-Net dataset; a method may serve other cases (e.g. pseudo-labelled ones)."""
+        return UnlabeledDataset(self.get_unlabeled_sources())
+
     def unlabeled_batch_size_per_step(self) -> int:
         return self.unlabeled_batch_size or max(1, int(round(self.batch_size * self.unlabeled_ratio)))
 
@@ -297,10 +302,12 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         if self.unlabeled_view == "weak":
             transforms, _ = split_training_transforms(transforms, self.num_input_channels,
                                                       self.loader_makes_strong_copy())
-        dataset = UnlabeledDataset(self.get_unlabeled_sources())
+        dataset = self.build_unlabeled_dataset()
         batch_size = self.unlabeled_batch_size_per_step()
         loader = nnUNetDataLoader(dataset, batch_size, initial_patch_size, self.configuration_manager.patch_size,
-                                  self.label_manager, oversample_foreground_percent=0.0, transforms=transforms)
+                                  self.label_manager,
+                                  oversample_foreground_percent=self.unlabeled_oversample_foreground_percent,
+                                  transforms=transforms)
         loader.has_ignore = False  # no label positions to centre patches on
         self.print_to_log_file(f"Unlabelled stream: {len(dataset.identifiers)} cases, batch size {batch_size} "
                                f"({len(self.hidden_truth_cases & set(dataset.identifiers))} with hidden reference "
@@ -350,6 +357,9 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         if isinstance(x, list):
             return [i.to(self.device, non_blocking=True) for i in x]
         return x.to(self.device, non_blocking=True)
+
+    def on_unlabeled_batch(self, batch_u: dict) -> None:
+        """Called with every unlabelled batch the loader serves, before ``compute_losses``."""
 
     def hidden_truth(self, batch_u: dict) -> Optional[torch.Tensor]:
         """Reference masks of unlabelled samples whose labels were hidden (diagnostics only), -1 elsewhere."""
@@ -416,6 +426,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
 
     def train_step(self, batch: dict) -> dict:
         batch_u = next(self.dataloader_unlabeled)
+        self.on_unlabeled_batch(batch_u)
         data_l = self._to_device(batch["data"])
         target_l = self._to_device(batch["target"])
         data_u = self._to_device(batch_u["data"])
