@@ -34,6 +34,7 @@ setup(
             "nnUNetv2_ssl_preprocess_unlabeled = nnunet_ssl.data.preprocess_unlabeled:main",
             "nnUNetv2_ssl_split = nnunet_ssl.data.splits:main",
             "nnUNetv2_ssl_evaluate = nnunet_ssl.evaluation.evaluate:main",
+            "nnUNetv2_ssl_self_train = nnunet_ssl.self_training.cli:main",
         ],
     },
 )
