@@ -531,12 +531,13 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         self.load_method_checkpoint_state(loaded)
 
     # ---------------------------------------------------------------------------------------------- validation
-    def validation_forward(self, data: torch.Tensor):
+    def validation_forward(self, data: torch.Tensor, network: Optional[nn.Module] = None):
         """The forward nnU-Net's online validation scores (and so ``checkpoint_best``'s criterion): what
-        ``nnUNetv2_predict`` will load, i.e. the teacher when it is exported."""
+        ``nnUNetv2_predict`` will load, i.e. the teacher when it is exported, else ``network`` (the trained network,
+        ``self.network`` by default)."""
         if self.export_weights == "teacher" and self.teachers:
             return self.teacher_forward(data)
-        return self.network(data)
+        return (self.network if network is None else network)(data)
 
     def on_validation_epoch_start(self):
         super().on_validation_epoch_start()
@@ -547,7 +548,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         # nnU-Net's validation_step (loss, hard Dice for the EMA pseudo-Dice) calls self.network(data): point it at
         # the exported forward for the duration of the call
         network = self.network
-        self.network = self.validation_forward
+        self.network = lambda data: self.validation_forward(data, network)
         try:
             return super().validation_step(batch)
         finally:

@@ -465,11 +465,11 @@ class nnUNetTrainerCRLN(nnUNetTrainerMeanTeacher):
     def current_xi(self) -> float:
         return random.uniform(0.0, self.cps_xi_max) if self.cps_xi_random else self.cps_xi
 
-    def validation_forward(self, data: torch.Tensor):
+    def validation_forward(self, data: torch.Tensor, network: Optional[nn.Module] = None):
         """The exported teacher as nnUNetv2_predict runs it: full-resolution logits rectified by the DIM's map
         (the coarser deep-supervision outputs, used only by the validation loss, stay as they are)."""
         if self.export_weights != "teacher":
-            return super().validation_forward(data)
+            return super().validation_forward(data, network)
         seg, relation_map, _ = self.teacher_forward(data, return_extras=True)
         if relation_map is None:
             return seg

@@ -110,10 +110,6 @@ class nnUNetTrainerSelfTraining(nnUNetTrainerSSL):
     def on_unlabeled_batch(self, batch_u: dict) -> None:
         self._pseudo_target = self._to_device(batch_u["target"])
 
-    def validation_step(self, batch: dict) -> dict:
-        # no teacher: what nnUNetv2_predict loads is self.network, which nnU-Net's own validation step scores
-        return nnUNetTrainer.validation_step(self, batch)
-
     # --------------------------------------------------------------------------------------------- train step
     def train_step(self, batch: dict) -> dict:
         if self.stage == "finetune":

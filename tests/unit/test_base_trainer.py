@@ -95,3 +95,6 @@ def test_online_validation_scores_the_exported_teacher(monkeypatch):
     assert torch.equal(seen[0], t.teachers["teacher"].module(x)) and t.network is original
     t.export_weights = "student"
     assert torch.equal(t.validation_forward(x), original(x))
+    # exporting the student, validation runs the trained network itself (and does not call itself forever)
+    t.validation_step({"data": x})
+    assert torch.equal(seen[-1], original(x)) and t.network is original
