@@ -5,7 +5,7 @@ import torch
 
 from conftest import (DATASET_ID, DATASET_NAME, assert_nested_equal, assert_valid_predictions, load_checkpoint_file,
                       run_cli, train_predict)
-from nnunet_ssl.trainers.ugpl import prototype_weight
+from nnunet_ssl.trainers.ugpl import nnUNetTrainerUGPL, prototype_weight
 
 TRAINER = "nnUNetTrainerUGPL_tiny"
 
@@ -46,7 +46,11 @@ def test_train_resume_predict_averages_both_networks(synthetic_nnunet, monkeypat
                 "kept_share", "unsup_rescale", "loser_is_b", "kl_weight_mean", "proto_weight",
                 "reliable_voxels_c1", "proto_candidates_c1", "pseudo_label_dice", "pseudo_label_dice_all"):
         assert len(logging[key]) == 2, key
-    assert logging["proto_weight"][1] == pytest.approx(np.mean([prototype_weight(s, 6) for s in (3, 4, 5)]))
+    ramp = nnUNetTrainerUGPL.proto_ramp_fraction
+    assert logging["proto_weight"][0] == pytest.approx(np.mean([prototype_weight(s, 6, 0.1, ramp) for s in (0, 1, 2)]))
+    # a counter reset by the resume would repeat epoch 0's ramp values
+    assert logging["proto_weight"][1] == pytest.approx(np.mean([prototype_weight(s, 6, 0.1, ramp) for s in (3, 4, 5)]))
+    assert logging["proto_weight"][1] != pytest.approx(logging["proto_weight"][0])
     assert all(0.79 <= v <= 1.0 for v in logging["kept_share"])  # q = 80 keeps between 80 % and 100 %
     assert all(np.isfinite(logging[k]).all() for k in ("unsup_loss", "kl_loss", "cos_loss", "proto_loss"))
     assert (fold / "progress_ssl.png").is_file() and (fold / "validation" / "summary.json").is_file()
