@@ -42,8 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_speed import (construct_trainer, environment, machine_info, resolve_trainer,  # noqa: E402
                              select_device, shutdown_loaders, use_plugin_trainers)
 
+SELF_TRAINING = "nnUNetTrainerSelfTraining"  # run through nnUNetv2_ssl_self_train (train_self_training)
 SSL_TRAINERS = ("nnUNetTrainerMeanTeacher", "nnUNetTrainerCRLN", "nnUNetTrainerCDR", "nnUNetTrainerBoCLIS",
-                "nnUNetTrainerUGPL")
+                "nnUNetTrainerUGPL", SELF_TRAINING)
 BASELINE = "nnUNetTrainer"
 ALL_LABELED = "all"  # budget tag of the fully supervised run
 SETTINGS_FILE = "settings.json"
@@ -158,7 +159,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(trainer_class, args, paths, budget_pre_root, results_root, fold_dir, device, seed: int = 0) -> float:
+def train(trainer_class, args, paths, budget_pre_root, results_root, fold_dir, device, seed: int = 0,
+          epochs: Optional[int] = None) -> float:
     import torch
     latest = os.path.join(fold_dir, "checkpoint_latest.pth")
     resume = os.path.isfile(latest)
@@ -166,7 +168,7 @@ def train(trainer_class, args, paths, budget_pre_root, results_root, fold_dir, d
     with environment(nnUNet_preprocessed=budget_pre_root, nnUNet_results=results_root):
         trainer = construct_trainer(trainer_class, paths["name"], args.c, args.fold, args.p, device,
                                     continue_training=resume)
-        trainer.num_epochs = args.epochs
+        trainer.num_epochs = args.epochs if epochs is None else epochs
         trainer.num_iterations_per_epoch = args.iters_per_epoch
         trainer.num_val_iterations_per_epoch = args.val_iters
         trainer.save_every = 1  # checkpoint_latest.pth after every epoch, so a run that is cut off can continue
@@ -186,6 +188,48 @@ def train(trainer_class, args, paths, budget_pre_root, results_root, fold_dir, d
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         return time.perf_counter() - start
+
+
+def self_training_epochs(args) -> tuple:
+    """(labelled-only epochs, self-training epochs): the recipe gets the same total iterations as every other row,
+    the labelled-only model's included."""
+    labeled = int(round(args.epochs * args.self_training_labeled_share))
+    if not 1 <= labeled < args.epochs or abs(labeled - args.epochs * args.self_training_labeled_share) > 1e-6:
+        raise BenchmarkError(f"--self-training-labeled-share {args.self_training_labeled_share} of --epochs "
+                             f"{args.epochs} must be a whole number of epochs between 1 and {args.epochs - 1}")
+    return labeled, args.epochs - labeled
+
+
+def train_self_training(args, paths, budget_pre_root, seed_dir, results_root, device, seed: int) -> dict:
+    """Offline self-training as users run it (``nnUNetv2_ssl_self_train``): a labelled-only nnUNetTrainer for the
+    first share of the iterations (its own results folder, so it is not the labelled-only row's model), then the
+    command with that model for the rest. A cut-off labelled-only model continues; a cut-off self-training stage
+    starts again (the pseudo-labels of the same model are reused)."""
+    from nnunet_ssl.self_training import cli as self_train
+    labeled_epochs, pseudo_epochs = self_training_epochs(args)
+    labeled_root = os.path.join(seed_dir, "self_training_labeled_only")
+    labeled_model = model_folder(labeled_root, paths["name"], BASELINE, args.p, args.c)
+    labeled_fold = os.path.join(labeled_model, f"fold_{args.fold}")
+    start = time.perf_counter()
+    if not os.path.isfile(os.path.join(labeled_fold, "checkpoint_final.pth")):
+        print(f"[benchmark_ssl]   labelled-only model of the self-training recipe: {labeled_epochs} epochs")
+        train(resolve_trainer(BASELINE)[0], args, paths, budget_pre_root, labeled_root, labeled_fold, device, seed,
+              epochs=labeled_epochs)
+    seed_everything(seed)
+    argv = ["-d", paths["name"], "-c", args.c, "-f", str(args.fold), "-p", args.p, "--labeled-model", labeled_model,
+            "--epochs", str(pseudo_epochs), "--iterations-per-epoch", str(args.iters_per_epoch), "--validate", "none",
+            "-device", device.type, "--overwrite"]
+    if args.disable_tta:
+        argv.append("--disable-tta")
+    if args.num_threads:
+        argv += ["--num-threads", str(args.num_threads)]
+    with environment(nnUNet_preprocessed=budget_pre_root, nnUNet_results=results_root):
+        summary = self_train.run(self_train.build_parser().parse_args(argv))
+    return {"train_seconds": time.perf_counter() - start,
+            "self_training": {"stages": [{k: v for k, v in st.items() if k in ("stage", "round", "iterations",
+                                                                                "mean_weight")}
+                                         for st in summary["stages"]],
+                              "total_iterations": summary["total_iterations"]}}
 
 
 def predict(model_dir, heldout, prediction_folder, args, device) -> float:
@@ -305,14 +349,18 @@ def run_one(trainer_name, budget, args, paths, budget_dir, heldout, device, seed
     os.makedirs(run_dir, exist_ok=True)
     record.update(context or {})
     try:
+        pre_root = os.path.join(budget_dir, "nnUNet_preprocessed")
         if os.path.isfile(final):
             print(f"[benchmark_ssl] {trainer_name} (budget {budget}, seed {seed}): trained earlier, predicting again")
             record["train_seconds"] = None
         else:
             print(f"[benchmark_ssl] training {trainer_name} (budget {budget}, seed {seed}): {args.epochs} epochs x "
                   f"{args.iters_per_epoch} iterations")
-            record["train_seconds"] = train(trainer_class, args, paths, os.path.join(budget_dir, "nnUNet_preprocessed"),
-                                            results_root, fold_dir, device, seed)
+            if trainer_name == SELF_TRAINING:
+                record.update(train_self_training(args, paths, pre_root, seed_dir, results_root, device, seed))
+            else:
+                record["train_seconds"] = train(trainer_class, args, paths, pre_root, results_root, fold_dir, device,
+                                                seed)
         prediction_folder = os.path.join(run_dir, "predictions")
         record["predict_seconds"] = predict(model_dir, heldout, prediction_folder, args, device)
         metrics = evaluate(heldout, prediction_folder, os.path.dirname(metrics_file), paths)
@@ -405,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "results can be committed and tables rebuilt with scripts/benchmark_table.py")
     p.add_argument("--epochs", type=int, required=True, help="epochs of every run")
     p.add_argument("--iters-per-epoch", type=int, default=250, help="training iterations per epoch (default 250)")
+    p.add_argument("--self-training-labeled-share", type=float, default=0.5,
+                   help=f"{SELF_TRAINING}: share of the iterations spent on its labelled-only model; the "
+                        f"self-training stage gets the rest (default 0.5)")
     p.add_argument("--val-iters", type=int, default=10,
                    help="nnU-Net validation iterations per epoch (logging/checkpoint_best only; default 10)")
     p.add_argument("--val", type=int, default=None,
@@ -467,6 +518,8 @@ def _main(args) -> int:
     if user_results and os.path.commonpath([output, os.path.abspath(user_results)]) == os.path.abspath(user_results):
         raise BenchmarkError(f"--output {output} lies inside nnUNet_results ({user_results}); choose a folder of "
                              f"its own so the benchmark cannot mix with your trainings")
+    if SELF_TRAINING in args.trainers:
+        self_training_epochs(args)  # refuse a share that is not a whole number of epochs before any work
     num_training = len(training_identifiers(paths["name"]))
     num_val = args.val if args.val is not None else max(1, int(round(0.2 * num_training)))
     budgets = sorted(set(args.budgets))

@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "this fold")
     p.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="default: cuda")
     p.add_argument("-num_gpus", type=_positive(int), default=1, help="GPUs per training stage (DDP; default: 1)")
+    p.add_argument("--num-threads", type=_positive(int), default=None,
+                   help="torch threads (default as nnUNetv2_train: every core with -device cpu, 1 otherwise); a "
+                        "benchmark sharing the CPU with other runs sets 1")
     return p
 
 
@@ -421,7 +424,9 @@ def run(args) -> dict:
     fingerprint = model_fingerprint(checkpoint) if checkpoint else None
     action = pseudo_labels_to_make(folder, fingerprint, prediction, weighting, cases, args.overwrite)
     # ------------------------------------------------------------------ checks done: from here on, work is done
-    if args.device == "cpu":  # as nnUNetv2_train does
+    if args.num_threads:
+        torch.set_num_threads(args.num_threads)
+    elif args.device == "cpu":  # as nnUNetv2_train does
         torch.set_num_threads(multiprocessing.cpu_count())
     else:
         torch.set_num_threads(1)
