@@ -13,7 +13,7 @@ optimizer, loaders), and timed in two phases:
 * without data loading: the first batch of every stream is moved to the device once and handed out again and again
   (the idea of nnU-Net's ``nnUNetTrainerBenchmark_5epochs_noDataLoading``), so only the device work is timed.
 
-After the timed phases one more (untimed) step runs with ``nnunet_ssl.sync_audit.HostSyncAudit`` around the loss
+After the timed phases one more (untimed) step runs with ``HostSyncAudit`` (``scripts/sync_audit.py``) around the loss
 code (``compute_losses``, or nnU-Net's loss for ``nnUNetTrainer``) and reports how many times, and where, it makes
 the host wait for the GPU (``.item()``, ``nonzero``, boolean-mask indexing, host copies); this count is the same on
 a CPU as on a GPU.
@@ -241,10 +241,10 @@ def _run_phase(trainer, n_warmup: int, n_iters: int, synchronize) -> Tuple[dict,
 
 
 def audit_loss_code(trainer) -> dict:
-    """One extra (untimed) train step with ``nnunet_ssl.sync_audit.HostSyncAudit`` around the loss code: the
+    """One extra (untimed) train step with ``HostSyncAudit`` (``scripts/sync_audit.py``) around the loss code: the
     semi-supervised trainers' ``compute_losses`` (every forward and loss before the backward), or nnU-Net's loss
     for ``nnUNetTrainer``. Returns the number of host-device synchronisation points and where they are."""
-    from nnunet_ssl.sync_audit import HostSyncAudit
+    from sync_audit import HostSyncAudit  # scripts/, next to this script
     audit = HostSyncAudit()
     name = "compute_losses" if hasattr(trainer, "compute_losses") else "loss"
     original = getattr(trainer, name)

@@ -23,7 +23,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from nnunet_ssl.sync_audit import host_only
+from nnunet_ssl.sync_marker import host_only
 
 
 def _host_rng(generator: Optional[torch.Generator]) -> random.Random:

@@ -41,7 +41,7 @@ from nnunet_ssl.data.unlabeled_dataset import (UnlabeledDataError, UnlabeledData
 from nnunet_ssl.diagnostics import nanmean_or_nan, plot_ssl_progress
 from nnunet_ssl.modules.ema import EMATeacher, unwrap_network
 from nnunet_ssl.ramps import sigmoid_rampup
-from nnunet_ssl.sync_audit import host_only
+from nnunet_ssl.sync_marker import host_only
 
 
 def tensors_to_host_floats(values: List) -> List[float]:

@@ -10,9 +10,13 @@ from nnunet_ssl.diagnostics import mean_foreground_dice, pseudo_label_dice
 from nnunet_ssl.losses.one_hot import one_hot
 from nnunet_ssl.losses.prototypes import draw_members, sample_class_voxels
 from nnunet_ssl.losses.supervised_contrastive import supervised_contrastive_loss
-from nnunet_ssl.sync_audit import HostSyncAudit, host_only
+from nnunet_ssl.sync_marker import host_only
 from nnunet_ssl.trainers.base import nnUNetTrainerSSL
 from nnunet_ssl.trainers.boclis import ClassMemoryQueue
+
+from conftest import load_script
+
+HostSyncAudit = load_script("scripts/sync_audit.py").HostSyncAudit  # a dev tool, not shipped
 
 
 def operations(audit):
@@ -160,3 +164,12 @@ def test_draw_members_draws_with_replacement_from_each_row_without_syncs():
     counts = torch.bincount(index[0], minlength=5).tolist()
     assert counts[0] == counts[2] == 0 and all(900 < counts[k] < 1100 for k in (1, 3, 4))
     assert set(index[2].tolist()) == {0}
+
+
+def test_the_trainers_do_not_import_the_audit():
+    """Runtime code carries only the dependency-free marker; the audit is a tool of the benchmarks and tests."""
+    import subprocess
+    import sys
+    code = "import sys, nnunet_ssl.trainers; print(sorted(m for m in sys.modules if 'sync_audit' in m))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8")
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stderr

@@ -1,5 +1,8 @@
 """Find the places where training code makes the host wait for the GPU, on any device (the CPU included).
 
+A development tool of the benchmarks and tests; runtime code only carries the dependency-free marker
+``nnunet_ssl.sync_marker.host_only``.
+
 A CUDA step stays fast only while the host can queue kernels ahead of the GPU. Anything that needs a value or a
 size computed on the device stops the host until the GPU has caught up: ``.item()``/``float()``/``bool()`` of a
 tensor, ``nonzero`` (also behind boolean-mask indexing and one-argument ``torch.where``), ``masked_select``,
@@ -18,9 +21,7 @@ says so with ``with host_only():``, which the audit skips; everything else count
 host tensor is only recognisable on a GPU run; on a CPU, ``torch.tensor``/``torch.as_tensor`` with an explicit
 device stand in for it.
 """
-import contextlib
 import os
-import threading
 import traceback
 from collections import Counter
 from typing import List, Tuple
@@ -28,6 +29,8 @@ from typing import List, Tuple
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
+
+from nnunet_ssl.sync_marker import host_only, inside_host_only  # noqa: F401 (host_only: re-exported)
 
 
 def _overloads(*names: str) -> dict:
@@ -52,21 +55,6 @@ _HOST_COPY_METHODS = {torch.Tensor.cpu: "Tensor.cpu", torch.Tensor.tolist: "Tens
 _FACTORIES = {torch.tensor: "torch.tensor(device=...)", torch.as_tensor: "torch.as_tensor(device=...)"}
 
 _HERE = os.path.abspath(__file__)
-_STATE = threading.local()
-
-
-@contextlib.contextmanager
-def host_only():
-    """Marks code that works on host tensors only (e.g. random parameters from a CPU generator): not audited."""
-    _STATE.depth = getattr(_STATE, "depth", 0) + 1
-    try:
-        yield
-    finally:
-        _STATE.depth -= 1
-
-
-def _skipped() -> bool:
-    return getattr(_STATE, "depth", 0) > 0
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
 
 
@@ -90,7 +78,7 @@ class _DispatchRecorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _skipped():
+        if inside_host_only():
             pass
         elif func in _VALUE_DEPENDENT:
             self.events.append((_VALUE_DEPENDENT[func], _caller()))
@@ -106,7 +94,7 @@ class _FunctionRecorder(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if _skipped():
+        if inside_host_only():
             pass
         elif func in _HOST_COPY_METHODS:
             self.events.append((_HOST_COPY_METHODS[func], _caller()))
