@@ -14,10 +14,8 @@ LR, AMP, compile, logging, checkpoint files, validation, export). This class add
 Hyperparameters are class attributes (nnU-Net instantiates trainers with a fixed signature); ablations and
 tiny test variants are subclasses that override them.
 """
-import contextlib
 import copy
 import dataclasses
-from unittest import mock
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -27,7 +25,7 @@ from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMu
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import isdir, join
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
-from nnunetv2.training.nnUNetTrainer import nnUNetTrainer as nnunet_trainer_module
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
@@ -63,30 +61,9 @@ def first_output(output):
     return output[0] if isinstance(output, (list, tuple)) else output
 
 
-@contextlib.contextmanager
-def _intercept_torch_io(on_save=None, on_load=None, replace_load=None):
-    """Let nnU-Net's own save/load_checkpoint run unchanged while we add or read our extra checkpoint keys.
-
-    ``on_save(dict)`` edits the checkpoint dict just before nnU-Net writes it; ``on_load(dict)`` sees the dict
-    nnU-Net just read (so the file is read once); ``replace_load`` is returned instead of reading a file."""
-    real_save, real_load = torch.save, torch.load
-
-    def save(obj, *args, **kwargs):
-        if on_save is not None and isinstance(obj, dict) and "network_weights" in obj:
-            on_save(obj)
-        return real_save(obj, *args, **kwargs)
-
-    def load(*args, **kwargs):
-        obj = replace_load if replace_load is not None else real_load(*args, **kwargs)
-        if on_load is not None and isinstance(obj, dict) and "network_weights" in obj:
-            on_load(obj)
-        return obj
-
-    torch.save, torch.load = save, load
-    try:
-        yield
-    finally:
-        torch.save, torch.load = real_save, real_load
+# what nnUNetTrainerSSL adds to nnU-Net's checkpoint (plus a method's ``method_checkpoint_state``)
+SSL_CHECKPOINT_KEYS = ("student_weights", "teacher_weights", "extra_modules", "extra_optimizers", "ssl_step",
+                       "ssl_export_weights")
 
 
 class nnUNetTrainerSSL(nnUNetTrainer):
@@ -276,22 +253,57 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         return n_labeled, max(1, total - n_labeled)
 
     def get_dataloaders(self):
-        n_labeled, self._unlabeled_workers = self.augmentation_worker_counts()
-        # nnU-Net's loaders read their worker count from get_allowed_n_proc_DA (validation gets half of it)
-        with mock.patch.object(nnunet_trainer_module, "get_allowed_n_proc_DA", lambda: n_labeled):
-            dl_train, dl_val = super().get_dataloaders()
-        self.dataloader_unlabeled = self.get_unlabeled_dataloader()
-        self.print_to_log_file(f"Augmentation workers: {n_labeled} labelled, {self._unlabeled_workers} unlabelled "
+        """nnU-Net's labelled loaders (its datasets, transforms, ``nnUNetDataLoader`` and augmenters, validation with
+        half the workers) with the labelled stream's share of the augmentation workers, plus the unlabelled stream.
+
+        nnU-Net's own ``get_dataloaders`` reads the worker count from ``get_allowed_n_proc_DA()`` with no argument
+        to pass another, so the two loaders are built here from its pieces."""
+        n_labeled, n_unlabeled = self.augmentation_worker_counts()
+        if self.dataset_class is None:
+            self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        patch_size = self.configuration_manager.patch_size
+        ds_scales = self._get_deep_supervision_scales()
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        labels = dict(foreground_labels=self.label_manager.foreground_labels, regions=None,  # no regions (__init__)
+                      ignore_label=self.label_manager.ignore_label)
+        tr_transforms = self.get_training_transforms(patch_size, rotation, ds_scales, mirror_axes, dummy_2d,
+                                                     use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
+                                                     is_cascaded=self.is_cascaded, **labels)
+        val_transforms = self.get_validation_transforms(ds_scales, is_cascaded=self.is_cascaded, **labels)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        dl_tr, dl_val = (nnUNetDataLoader(dataset, self.batch_size, initial, patch_size, self.label_manager,
+                                          oversample_foreground_percent=self.oversample_foreground_percent,
+                                          sampling_probabilities=None, pad_sides=None, transforms=transforms,
+                                          probabilistic_oversampling=self.probabilistic_oversampling)
+                         for dataset, initial, transforms in ((dataset_tr, initial_patch_size, tr_transforms),
+                                                              (dataset_val, patch_size, val_transforms)))
+        mt_gen_train = self._augmenter(dl_tr, n_labeled, max(6, n_labeled // 2))
+        mt_gen_val = self._augmenter(dl_val, max(1, n_labeled // 2) if n_labeled else 0, max(3, n_labeled // 4))
+        self.dataloader_unlabeled = self.get_unlabeled_dataloader(n_unlabeled)
+        self.print_to_log_file(f"Augmentation workers: {n_labeled} labelled, {n_unlabeled} unlabelled "
                                f"({self.augmentation_workers}; nnUNet_n_proc_DA={get_allowed_n_proc_DA()})")
-        return dl_train, dl_val
+        return mt_gen_train, mt_gen_val
+
+    def _augmenter(self, loader, n_proc: int, num_cached: int, seeds=None):
+        """nnU-Net's augmenter choice: in-process without workers, else its non-deterministic multi-process one;
+        started (first batch fetched) as nnU-Net does."""
+        if n_proc == 0:
+            augmenter = SingleThreadedAugmenter(loader, None)
+        else:
+            augmenter = NonDetMultiThreadedAugmenter(loader, None, n_proc, num_cached=num_cached, seeds=seeds,
+                                                     pin_memory=self.device.type == "cuda", wait_time=0.002)
+        next(augmenter)
+        return augmenter
 
     def loader_makes_strong_copy(self) -> bool:
         """Whether the unlabelled loader appends the intensity-augmented copy (weak view + nnU-Net intensity)."""
         return self.unlabeled_view == "weak" and self.use_strong_view
 
-    def get_unlabeled_dataloader(self):
+    def get_unlabeled_dataloader(self, n_proc: Optional[int] = None):
         """nnU-Net's loader and transforms on unlabelled cases: the weak view (``unlabeled_view``), followed in
-        the image channels by the strong view's starting point when ``loader_makes_strong_copy``."""
+        the image channels by the strong view's starting point when ``loader_makes_strong_copy``. ``n_proc``:
+        augmentation workers (default: the unlabelled share of ``augmentation_worker_counts``)."""
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         transforms = self.get_training_transforms(
@@ -314,19 +326,12 @@ class nnUNetTrainerSSL(nnUNetTrainer):
                                f"masks for diagnostics); teacher view '{self.unlabeled_view}'"
                                + (", strong view from it plus nnU-Net's intensity transforms"
                                   if self.loader_makes_strong_copy() else ""))
-        n_proc = getattr(self, "_unlabeled_workers", None)
         n_proc = self.augmentation_worker_counts()[1] if n_proc is None else n_proc
-        if n_proc == 0:
-            augmenter = SingleThreadedAugmenter(loader, None)
-        else:
-            # seeds differ per DDP rank so ranks draw different unlabelled cases
+        seeds = None
+        if n_proc:  # seeds differ per DDP rank so ranks draw different unlabelled cases
             base = int(np.random.randint(0, 2 ** 31 - 1 - 1000 * (n_proc + 1) * 64))
             seeds = [base + 1000 * self.local_rank + i for i in range(n_proc)]
-            augmenter = NonDetMultiThreadedAugmenter(loader, None, n_proc, num_cached=max(6, n_proc // 2),
-                                                     seeds=seeds, pin_memory=self.device.type == "cuda",
-                                                     wait_time=0.002)
-        next(augmenter)
-        return augmenter
+        return self._augmenter(loader, n_proc, max(6, n_proc // 2), seeds)
 
     def _shutdown_unlabeled_loader(self):
         if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
@@ -485,15 +490,30 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             return self.teacher.module.state_dict()
         return self.student.state_dict()
 
-    def _add_ssl_checkpoint_keys(self, checkpoint: dict):
-        checkpoint["student_weights"] = self.student.state_dict()
-        checkpoint["network_weights"] = self._exported_state_dict()
-        checkpoint["teacher_weights"] = {k: t.state_dict() for k, t in self.teachers.items()}
-        checkpoint["extra_modules"] = self.extra_modules.state_dict()
-        checkpoint["extra_optimizers"] = {k: o.state_dict() for k, o in self.extra_optimizers.items()}
-        checkpoint["ssl_step"] = self.ssl_step
-        checkpoint["ssl_export_weights"] = self.export_weights
-        checkpoint.update(self.method_checkpoint_state())
+    def nnunet_checkpoint(self) -> dict:
+        """nnU-Net's checkpoint (the keys and values of ``nnUNetTrainer.save_checkpoint``, 2.8), with the exported
+        weights in ``network_weights``: what ``nnUNetv2_predict`` loads."""
+        return {
+            "network_weights": self._exported_state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+        }
+
+    def ssl_checkpoint(self) -> dict:
+        """The semi-supervised state (``SSL_CHECKPOINT_KEYS`` plus the method's own keys)."""
+        return {"student_weights": self.student.state_dict(),
+                "teacher_weights": {k: t.state_dict() for k, t in self.teachers.items()},
+                "extra_modules": self.extra_modules.state_dict(),
+                "extra_optimizers": {k: o.state_dict() for k, o in self.extra_optimizers.items()},
+                "ssl_step": self.ssl_step,
+                "ssl_export_weights": self.export_weights,
+                **self.method_checkpoint_state()}
 
     def method_checkpoint_state(self) -> dict:
         """Extra checkpoint keys of a method (queues, running statistics)."""
@@ -503,32 +523,54 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         pass
 
     def save_checkpoint(self, filename: str) -> None:
-        with _intercept_torch_io(on_save=self._add_ssl_checkpoint_keys):
-            super().save_checkpoint(filename)
+        """nnU-Net's checkpoint plus the semi-supervised state, written where and when nnU-Net writes its own."""
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        torch.save({**self.nnunet_checkpoint(), **self.ssl_checkpoint()}, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        loaded = {}
-        if isinstance(filename_or_checkpoint, dict):
-            # nnunetv2 2.8.1's load_checkpoint cannot take a dict (NameError): hand it over through torch.load
-            with _intercept_torch_io(on_load=loaded.update, replace_load=filename_or_checkpoint):
-                super().load_checkpoint("<in-memory checkpoint>")
-        else:
-            with _intercept_torch_io(on_load=loaded.update):
-                super().load_checkpoint(filename_or_checkpoint)
-        if "student_weights" not in loaded:
+        """A checkpoint of this trainer (``--c``: everything restored exactly) or a stock nnU-Net one (the network;
+        teachers start as copies of it). Takes a file name or the loaded dict (nnunetv2 2.8.1's own
+        ``load_checkpoint`` fails on a dict)."""
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = filename_or_checkpoint
+        if not isinstance(checkpoint, dict):
+            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        self._load_nnunet_checkpoint(checkpoint)
+        if "student_weights" not in checkpoint:
             self.print_to_log_file("Checkpoint has no semi-supervised state (stock nnU-Net checkpoint?): teachers "
                                    "start as copies of the loaded network.")
             self.teachers = self.build_teachers()
             self._compiled_modules.clear()  # compiled copies of the replaced teachers
             return
-        self.student.load_state_dict(loaded["student_weights"])
-        for k, state in loaded["teacher_weights"].items():
+        self.student.load_state_dict(checkpoint["student_weights"])
+        for k, state in checkpoint["teacher_weights"].items():
             self.teachers[k].load_state_dict(state)
-        self.extra_modules.load_state_dict(loaded["extra_modules"])
-        for k, state in loaded["extra_optimizers"].items():
+        self.extra_modules.load_state_dict(checkpoint["extra_modules"])
+        for k, state in checkpoint["extra_optimizers"].items():
             self.extra_optimizers[k].load_state_dict(state)
-        self.ssl_step = int(loaded["ssl_step"])
-        self.load_method_checkpoint_state(loaded)
+        self.ssl_step = int(checkpoint["ssl_step"])
+        self.load_method_checkpoint_state(checkpoint)
+
+    def _load_nnunet_checkpoint(self, checkpoint: dict) -> None:
+        """What ``nnUNetTrainer.load_checkpoint`` (2.8) restores from the keys it writes: the network (a
+        ``module.`` prefix of DataParallel weights stripped), training progress, logger, optimizer, grad scaler."""
+        own_keys = self.student.state_dict().keys()
+        self.student.load_state_dict({k[len("module."):] if k not in own_keys and k.startswith("module.") else k: v
+                                      for k, v in checkpoint["network_weights"].items()})
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
 
     # ---------------------------------------------------------------------------------------------- validation
     def validation_forward(self, data: torch.Tensor, network: Optional[nn.Module] = None):

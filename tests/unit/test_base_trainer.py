@@ -98,3 +98,56 @@ def test_online_validation_scores_the_exported_teacher(monkeypatch):
     # exporting the student, validation runs the trained network itself (and does not call itself forever)
     t.validation_step({"data": x})
     assert torch.equal(seen[-1], original(x)) and t.network is original
+
+
+def _checkpointing_mean_teacher():
+    """A bare Mean Teacher with what nnU-Net's save_checkpoint/load_checkpoint read and write."""
+    t = bare_mean_teacher(student_scale=2.0, teacher_scale=3.0)
+    t.local_rank, t.disable_checkpointing, t.was_initialized = 0, False, True
+    t.optimizer = torch.optim.SGD(t.network.parameters(), lr=0.1, momentum=0.9)
+    t.grad_scaler = None
+    t.logger = type("Logger", (), {"get_checkpoint": lambda self: {"train_losses": [1.0]},
+                                   "load_checkpoint": lambda self, c: setattr(self, "loaded", c)})()
+    t._best_ema, t.current_epoch, t.inference_allowed_mirroring_axes = 0.5, 4, (0, 1)
+    t.my_init_kwargs = {"configuration": "3d_fullres", "fold": 0}
+    t.extra_modules, t.extra_optimizers, t.ssl_step, t.export_weights = nn.ModuleDict(), {}, 7, "teacher"
+    t.print_to_log_file = lambda *args: None
+    return t
+
+
+def test_checkpoint_keys_are_nnunets_plus_ours(tmp_path):
+    """Our checkpoint is nnU-Net's (same keys, same values apart from the exported network) plus the
+    semi-supervised keys: an nnU-Net release that changes its checkpoint fails here."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_ssl.trainers.base import SSL_CHECKPOINT_KEYS
+    t = _checkpointing_mean_teacher()
+    nnUNetTrainer.save_checkpoint(t, str(tmp_path / "stock.pth"))
+    t.save_checkpoint(str(tmp_path / "ours.pth"))
+    stock = torch.load(tmp_path / "stock.pth", weights_only=False)
+    ours = torch.load(tmp_path / "ours.pth", weights_only=False)
+    assert set(ours) == set(stock) | set(SSL_CHECKPOINT_KEYS)
+    assert not set(stock) & set(SSL_CHECKPOINT_KEYS)
+    for k in set(stock) - {"network_weights"}:
+        assert repr(ours[k]) == repr(stock[k]), k
+    assert ours["network_weights"]["scale"] == 3.0 and ours["student_weights"]["scale"] == 2.0  # teacher exported
+
+
+def test_checkpoint_round_trip_and_stock_checkpoint(tmp_path):
+    """--c restores student, teacher and step; a stock nnU-Net checkpoint (file or dict) loads the network and the
+    teacher starts as a copy of it."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    t = _checkpointing_mean_teacher()
+    t.save_checkpoint(str(tmp_path / "ours.pth"))
+    nnUNetTrainer.save_checkpoint(t, str(tmp_path / "stock.pth"))  # the student as nnU-Net would write it
+    u = _checkpointing_mean_teacher()
+    with torch.no_grad():
+        u.network.scale.fill_(0.0)
+        u.teachers["teacher"].module.scale.fill_(0.0)
+    u.ssl_step, u.current_epoch = 0, 0
+    u.load_checkpoint(str(tmp_path / "ours.pth"))
+    assert (u.network.scale.item(), u.teacher.module.scale.item(), u.ssl_step, u.current_epoch) == (2.0, 3.0, 7, 5)
+    for source in (str(tmp_path / "stock.pth"), torch.load(tmp_path / "stock.pth", weights_only=False)):
+        v = _checkpointing_mean_teacher()
+        v.build_teachers = lambda v=v: {"teacher": EMATeacher(v.network)}
+        v.load_checkpoint(source)
+        assert v.network.scale.item() == 2.0 and v.teacher.module.scale.item() == 2.0 and v.current_epoch == 5
