@@ -28,7 +28,9 @@ import warnings
 from typing import Optional, Sequence
 
 import numpy as np
-from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure, label
+from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
+
+from nnunet_ssl.masks import keep_largest_connected_component  # noqa: F401 (part of this module's API)
 
 # medpy's default surface connectivity for hd95/asd/assd
 SURFACE_CONNECTIVITY = 1
@@ -137,24 +139,6 @@ def boundary_region_dice(pred: np.ndarray, ref: np.ndarray, band_width: float = 
     if denominator == 0:  # only reachable with an empty band (cannot happen for non-empty masks)
         return 1.0
     return float(2.0 * np.count_nonzero(pred_in_band & ref_in_band) / denominator)
-
-
-def keep_largest_connected_component(mask: np.ndarray, connectivity: Optional[int] = None) -> np.ndarray:
-    """Keep only the largest connected component of a binary mask.
-
-    ``connectivity`` None = full connectivity (26 in 3D), as skimage.measure.label / cc3d default in the SSL code.
-    Ties go to the component found first in scan order, so the result is deterministic.
-    """
-    mask = np.asarray(mask, dtype=bool)
-    if not mask.any():
-        return mask.copy()
-    structure = generate_binary_structure(mask.ndim, mask.ndim if connectivity is None else connectivity)
-    components, n_components = label(mask, structure=structure)
-    if n_components == 1:
-        return mask.copy()
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
-    return components == int(np.argmax(sizes))
 
 
 def binary_case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Optional[Sequence[float]], band_width: float,

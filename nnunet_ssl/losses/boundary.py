@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from nnunet_ssl.evaluation.metrics import keep_largest_connected_component
+from nnunet_ssl.masks import keep_largest_connected_component
 
 REGION_NAMES = ("edge", "centre", "whole")
 
