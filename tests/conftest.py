@@ -15,6 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DATASET_ID = 990
 DATASET_NAME = "Dataset990_SyntheticSSL"
+# test-only trainer variants (crash and resume-record hooks), found by nnU-Net through nnUNet_extTrainer
+TEST_TRAINERS = REPO / "tests" / "trainers"
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -86,7 +88,7 @@ def make_env(root: Path, training: bool) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "preprocessed"),
                nnUNet_results=str(root / "results"), nnUNet_compile="f", nnUNet_def_n_proc="1",
-               nnUNet_extTrainer=ext_trainer_value(""), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
+               nnUNet_extTrainer=ext_trainer_value(str(TEST_TRAINERS)), PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}")
     if training:
         # 0 workers is what CPU tests want, but nnUNetv2_plan_and_preprocess fails with it
         env["nnUNet_n_proc_DA"] = "0"

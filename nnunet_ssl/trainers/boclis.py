@@ -24,7 +24,6 @@ training is untested and likely needs DDP's ``find_unused_parameters``/static-gr
 supported set-up.
 """
 import math
-import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple, Union
 
@@ -42,7 +41,7 @@ from nnunet_ssl.losses.supervised_contrastive import supervised_contrastive_loss
 from nnunet_ssl.modules.ema import EMATeacher
 from nnunet_ssl.modules.heads import ProjectionHead
 from nnunet_ssl.trainers.base import first_output, nnUNetTrainerSSL
-from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, ResumeTestHooks, UnmirroredValidation
+from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, UnmirroredValidation
 
 EPS = 1e-8
 
@@ -466,16 +465,3 @@ class nnUNetTrainerBoCLIS_tiny(UnmirroredValidation, nnUNetTrainerBoCLIS):
     """CPU smoke/test variant: 2 epochs x 3 iterations, 16³ / 16² contrast patches."""
     schedule_overrides = {**TINY_SCHEDULE, "contrast_patch_size": 16}
 
-
-class nnUNetTrainerBoCLIS_tinyResume(ResumeTestHooks, nnUNetTrainerBoCLIS):
-    """Resume test variant: also records every teacher and the method state right after load_checkpoint."""
-    schedule_overrides = {**TINY_SCHEDULE, "contrast_patch_size": 16, "save_every": 1}
-
-    def load_checkpoint(self, filename_or_checkpoint):
-        super().load_checkpoint(filename_or_checkpoint)
-        record = os.environ.get("NNUNET_SSL_TEST_RECORD_RESUME")
-        if record:
-            recorded = torch.load(record, map_location="cpu", weights_only=False)
-            recorded["all_teachers"] = {k: t.state_dict() for k, t in self.teachers.items()}
-            recorded["method_state"] = self.method_checkpoint_state()
-            torch.save(recorded, record)

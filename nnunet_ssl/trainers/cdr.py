@@ -24,7 +24,6 @@ Validation and prediction use the ensemble (``DualNetwork``: mean of the two sof
 ``sup_loss`` is network A's supervised loss, ``sup_b_loss`` network B's.
 """
 import math
-import os
 from typing import Dict, Sequence, Tuple
 
 import torch
@@ -39,7 +38,7 @@ from nnunet_ssl.modules.features import DecoderFeatureTap, decoder_stage_channel
 from nnunet_ssl.modules.heads import ProjectionHead
 from nnunet_ssl.trainers.base import first_output
 from nnunet_ssl.trainers.dual_base import nnUNetTrainerDualSSL
-from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, ResumeTestHooks
+from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, UnmirroredValidation
 
 NAN = float("nan")
 
@@ -447,14 +446,6 @@ class nnUNetTrainerCDR_sameArch(nnUNetTrainerCDR):
     second_network = "same"
 
 
-class nnUNetTrainerCDR_tiny(ResumeTestHooks, nnUNetTrainerCDR):
-    """2 epochs x 3 iterations for tests; with ResumeTestHooks' env-driven crash/record (inactive unless set)."""
-    schedule_overrides = {**TINY_SCHEDULE, "save_every": 1}
-
-    def load_checkpoint(self, filename_or_checkpoint):
-        super().load_checkpoint(filename_or_checkpoint)
-        record = os.environ.get("NNUNET_SSL_TEST_RECORD_RESUME")
-        if record:  # add what ResumeTestHooks does not record: leader statistics and network A's optimizer
-            state = torch.load(record, weights_only=False)
-            state.update(leader_counts=dict(self.leader_counts), optimizer=self.optimizer.state_dict())
-            torch.save(state, record)
+class nnUNetTrainerCDR_tiny(UnmirroredValidation, nnUNetTrainerCDR):
+    """CPU smoke/test variant: 2 epochs x 3 iterations."""
+    schedule_overrides = TINY_SCHEDULE

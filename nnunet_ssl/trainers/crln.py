@@ -38,7 +38,7 @@ from nnunet_ssl.modules.features import decoder_stage_channels
 from nnunet_ssl.modules.heads import ProjectionHead
 from nnunet_ssl.trainers.base import first_output
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
-from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, ResumeTestHooks, UnmirroredValidation
+from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, UnmirroredValidation
 
 
 # ================================================================================================ formulas
@@ -680,7 +680,3 @@ class nnUNetTrainerCRLN_tiny(UnmirroredValidation, nnUNetTrainerCRLN):
     rectification_start_iteration = 3
     cps_num_anchors = 16
     cps_num_negatives = 32
-
-
-class nnUNetTrainerCRLN_tinyResume(ResumeTestHooks, nnUNetTrainerCRLN_tiny):
-    schedule_overrides = {**TINY_SCHEDULE, "save_every": 1}

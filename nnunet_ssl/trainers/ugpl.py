@@ -27,7 +27,7 @@ from nnunet_ssl.modules.features import DecoderFeatureTap
 from nnunet_ssl.ramps import sigmoid_rampup
 from nnunet_ssl.trainers.base import first_output
 from nnunet_ssl.trainers.dual_base import nnUNetTrainerDualSSL
-from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, ResumeTestHooks
+from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, UnmirroredValidation
 
 # nnU-Net's ResEnc planner preset (residual_encoder_unet_planners.py): a ResNet34-like encoder, the analogue of the
 # reference 3D-ResNet34 U-Net (spec §9.1)
@@ -485,6 +485,6 @@ class nnUNetTrainerUGPL_noRamp(nnUNetTrainerUGPL):
     proto_ramp_fraction = 1.0
 
 
-class nnUNetTrainerUGPL_tiny(ResumeTestHooks, nnUNetTrainerUGPL):
-    """CPU test variant: 2 epochs x 3 iterations, checkpoint_latest after every epoch (resume test)."""
-    schedule_overrides = {**TINY_SCHEDULE, "save_every": 1}
+class nnUNetTrainerUGPL_tiny(UnmirroredValidation, nnUNetTrainerUGPL):
+    """CPU smoke/test variant: 2 epochs x 3 iterations."""
+    schedule_overrides = TINY_SCHEDULE

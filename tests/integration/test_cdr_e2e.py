@@ -4,7 +4,7 @@ import torch
 from conftest import (DATASET_ID, DATASET_NAME, assert_nested_equal, assert_valid_predictions, load_checkpoint_file,
                       run_cli, train_predict)
 
-TRAINER = "nnUNetTrainerCDR_tiny"
+TRAINER = "nnUNetTrainerCDR_tinyResume"  # tests/trainers: _tiny + crash/record hooks
 
 
 def test_cdr_train_resume_predict(synthetic_nnunet):

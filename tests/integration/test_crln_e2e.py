@@ -5,7 +5,7 @@ import torch
 from conftest import (DATASET_ID, DATASET_NAME, assert_nested_equal, assert_valid_predictions, load_checkpoint_file,
                       run_cli)
 
-TRAINER = "nnUNetTrainerCRLN_tinyResume"  # nnUNetTrainerCRLN_tiny + crash/record hooks, checkpoint every epoch
+TRAINER = "nnUNetTrainerCRLN_tinyResume"  # tests/trainers: _tiny + crash/record hooks, checkpoint every epoch
 
 
 def test_crln_train_resume_predict(synthetic_nnunet):

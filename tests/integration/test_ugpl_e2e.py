@@ -7,7 +7,7 @@ from conftest import (DATASET_ID, DATASET_NAME, assert_nested_equal, assert_vali
                       run_cli, train_predict)
 from nnunet_ssl.trainers.ugpl import nnUNetTrainerUGPL, prototype_weight
 
-TRAINER = "nnUNetTrainerUGPL_tiny"
+TRAINER = "nnUNetTrainerUGPL_tinyResume"  # tests/trainers: _tiny + crash/record hooks
 
 
 def test_train_resume_predict_averages_both_networks(synthetic_nnunet, monkeypatch):

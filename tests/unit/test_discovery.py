@@ -52,3 +52,10 @@ def test_no_name_clash_with_builtin_trainers():
     folder = os.path.join(nnunetv2.__path__[0], "training", "nnUNetTrainer")
     for n in trainers.__all__:
         assert recursive_find_python_class(folder, n, "nnunetv2.training.nnUNetTrainer") is None, n
+
+
+def test_no_test_machinery_in_the_product():
+    """Crash/resume-record variants live in tests/trainers; the product keeps variants a user runs."""
+    assert not [n for n in trainers.__all__ if "Resume" in n]
+    import nnunet_ssl.trainers.tiny as tiny
+    assert not hasattr(tiny, "ResumeTestHooks")

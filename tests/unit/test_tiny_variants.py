@@ -2,12 +2,14 @@
 they were (checkpoints and later predictions keep nnU-Net's axes)."""
 import pytest
 
-from nnunet_ssl.trainers.boclis import nnUNetTrainerBoCLIS_tiny, nnUNetTrainerBoCLIS_tinyResume
+from conftest import load_script
+from nnunet_ssl.trainers.boclis import nnUNetTrainerBoCLIS_tiny
 from nnunet_ssl.trainers.cdr import nnUNetTrainerCDR_tiny
-from nnunet_ssl.trainers.crln import nnUNetTrainerCRLN_tiny, nnUNetTrainerCRLN_tinyResume
-from nnunet_ssl.trainers.tiny import (UnmirroredValidation, nnUNetTrainerMeanTeacher_demo,
-                                      nnUNetTrainerMeanTeacher_tiny, nnUNetTrainerMeanTeacher_tinyResume)
+from nnunet_ssl.trainers.crln import nnUNetTrainerCRLN_tiny
+from nnunet_ssl.trainers.tiny import UnmirroredValidation, nnUNetTrainerMeanTeacher_demo, nnUNetTrainerMeanTeacher_tiny
 from nnunet_ssl.trainers.ugpl import nnUNetTrainerUGPL_tiny
+
+test_trainers = load_script("tests/trainers/nnunet_ssl_test_trainers.py")  # on nnUNet_extTrainer in the e2e tests
 
 
 class RecordingValidation:
@@ -35,10 +37,11 @@ def test_validation_unmirrored_and_axes_restored():
     assert probe.inference_allowed_mirroring_axes == (0, 1, 2)
 
 
-@pytest.mark.parametrize("trainer", [nnUNetTrainerMeanTeacher_tiny, nnUNetTrainerMeanTeacher_tinyResume,
-                                     nnUNetTrainerCRLN_tiny, nnUNetTrainerCRLN_tinyResume, nnUNetTrainerCDR_tiny,
-                                     nnUNetTrainerUGPL_tiny, nnUNetTrainerBoCLIS_tiny,
-                                     nnUNetTrainerBoCLIS_tinyResume])
+@pytest.mark.parametrize("trainer", [nnUNetTrainerMeanTeacher_tiny, test_trainers.nnUNetTrainerMeanTeacher_tinyResume,
+                                     nnUNetTrainerCRLN_tiny, test_trainers.nnUNetTrainerCRLN_tinyResume,
+                                     nnUNetTrainerCDR_tiny, test_trainers.nnUNetTrainerCDR_tinyResume,
+                                     nnUNetTrainerUGPL_tiny, test_trainers.nnUNetTrainerUGPL_tinyResume,
+                                     nnUNetTrainerBoCLIS_tiny, test_trainers.nnUNetTrainerBoCLIS_tinyResume])
 def test_test_variants_validate_unmirrored(trainer):
     assert issubclass(trainer, UnmirroredValidation)
 
