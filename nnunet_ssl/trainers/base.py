@@ -26,6 +26,7 @@ from batchgenerators.dataloading.single_threaded_augmenter import SingleThreaded
 from batchgenerators.utilities.file_and_folder_operations import isdir, join
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
@@ -59,6 +60,13 @@ def tensors_to_host_floats(values: List) -> List[float]:
 def first_output(output):
     """Full-resolution output of a network that may return a deep-supervision list."""
     return output[0] if isinstance(output, (list, tuple)) else output
+
+
+def split_batch(output, n: int):
+    """(first ``n`` samples, the rest) of a network output that may be a deep-supervision list."""
+    if isinstance(output, (list, tuple)):
+        return [o[:n] for o in output], [o[n:] for o in output]
+    return output[:n], output[n:]
 
 
 # what nnUNetTrainerSSL adds to nnU-Net's checkpoint (plus a method's ``method_checkpoint_state``)
@@ -177,6 +185,15 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     def configure_extra_optimizers(self) -> Dict[str, Tuple[torch.optim.Optimizer, object]]:
         """{name: (optimizer, lr scheduler or None)} for parameters the main optimizer must not touch."""
         return {}
+
+    def sgd_with_poly(self, params, lr: Optional[float] = None, momentum: float = 0.99,
+                      weight_decay: Optional[float] = None):
+        """nnU-Net's optimizer and schedule (``nnUNetTrainer.configure_optimizers``: Nesterov SGD, momentum 0.99,
+        poly LR stepped per epoch) for ``params``; learning rate and weight decay default to the trainer's."""
+        lr = self.initial_lr if lr is None else lr
+        weight_decay = self.weight_decay if weight_decay is None else weight_decay
+        optimizer = torch.optim.SGD(params, lr, weight_decay=weight_decay, momentum=momentum, nesterov=True)
+        return optimizer, PolyLRScheduler(optimizer, lr, self.num_epochs)
 
     def maybe_compiled(self, key: str, module: nn.Module, enabled: bool = True) -> nn.Module:
         """``module`` compiled once (cached under ``key``) when nnU-Net compiles this run, else ``module``.
@@ -382,6 +399,13 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         view, StrongViewParams) so that pseudo-labels can be transformed alike."""
         base = data_u if self._strong_input_u is None else self._strong_input_u
         return self.strong_augmentation(base)
+
+    @staticmethod
+    def joint_forward(forward, data_l: torch.Tensor, data_u: torch.Tensor, **kwargs):
+        """``forward`` of the labelled and the unlabelled samples as one batch, labelled first: InstanceNorm is per
+        sample, so this equals two forwards, with fewer kernel launches and one compiled graph. ``split_batch``
+        separates the output again."""
+        return forward(torch.cat((data_l, data_u)), **kwargs)
 
     def compute_losses(self, data_l, target_l, data_u, truth_u) -> Tuple[Dict[str, torch.Tensor],
                                                                          Dict[str, torch.Tensor]]:

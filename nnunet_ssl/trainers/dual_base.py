@@ -8,7 +8,6 @@ probabilities, so stock ``nnUNetv2_predict`` ensembles them.
 from typing import List
 
 import torch
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
@@ -83,15 +82,10 @@ class nnUNetTrainerDualSSL(nnUNetTrainerSSL):
 
     def configure_optimizers(self):
         """SGD + poly LR for network A (nnU-Net's settings); network B gets its own in configure_extra_optimizers."""
-        return self._sgd_with_poly(self.student.net_a.parameters())
-
-    def _sgd_with_poly(self, params):
-        opt = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
-                              nesterov=True)
-        return opt, PolyLRScheduler(opt, self.initial_lr, self.num_epochs)
+        return self.sgd_with_poly(self.student.net_a.parameters())
 
     def configure_extra_optimizers(self):
-        return {"net_b": self._sgd_with_poly(self.student.net_b.parameters())}
+        return {"net_b": self.sgd_with_poly(self.student.net_b.parameters())}
 
     def optimizers_for_main_loss(self) -> List[torch.optim.Optimizer]:
         return [self.optimizer, self.extra_optimizers["net_b"]]

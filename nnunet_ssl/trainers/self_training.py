@@ -24,7 +24,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ssl.self_training.store import pseudo_label_folder, read_pseudo_manifest
 from nnunet_ssl.self_training.weighting import WeightedPseudoLabelLoss, decode_weights
-from nnunet_ssl.trainers.base import first_output, nnUNetTrainerSSL
+from nnunet_ssl.trainers.base import first_output, nnUNetTrainerSSL, split_batch
 from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, UnmirroredValidation
 
 STAGES = ("pseudo", "finetune")
@@ -117,13 +117,7 @@ class nnUNetTrainerSelfTraining(nnUNetTrainerSSL):
         return super().train_step(batch)
 
     def compute_losses(self, data_l, target_l, data_u, truth_u):
-        # one forward over both batches: InstanceNorm is per sample, so this equals two forwards
-        n_l = data_l.shape[0]
-        output = self.network(torch.cat((data_l, data_u)))
-        if isinstance(output, (list, tuple)):
-            out_l, out_u = [o[:n_l] for o in output], [o[n_l:] for o in output]
-        else:
-            out_l, out_u = output[:n_l], output[n_l:]
+        out_l, out_u = split_batch(self.joint_forward(self.network, data_l, data_u), data_l.shape[0])
         target_u = self._pseudo_target
         sup = self.loss(out_l, target_l)
         pseudo = self.pseudo_loss(out_u, target_u)
