@@ -34,10 +34,14 @@ class EMATeacher(nn.Module):
         self.decay = float(decay)
         self.module = copy.deepcopy(unwrap_network(student))
         self.module.requires_grad_(False)
-        # deepcopy also copies forward hooks (e.g. feature taps on the student): the teacher must not fire them
+        # deepcopy also copies forward hooks (e.g. feature taps on the student): the teacher must not fire them;
+        # a network that taps its own decoder (CRLNNet) attaches a fresh tap to the copy
         for m in self.module.modules():
             m._forward_hooks.clear()
             m._forward_pre_hooks.clear()
+        for m in self.module.modules():
+            if hasattr(m, "attach_feature_tap"):
+                m.attach_feature_tap()
         self.step = 0  # kept on the host (no device sync per update) and saved through get_extra_state
 
     def get_extra_state(self):

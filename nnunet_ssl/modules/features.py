@@ -4,6 +4,7 @@
 before the segmentation head, -2 the next coarser ones, and so on. Forward hooks are used (they fire under
 ``torch.compile`` and DDP as well) so the network's forward and output type stay nnU-Net's.
 """
+import copy
 from typing import Dict, Sequence
 
 import torch
@@ -39,6 +40,13 @@ class DecoderFeatureTap:
         def hook(module, inputs, output):
             self.features[stage] = output
         return hook
+
+    def __deepcopy__(self, memo):
+        """A deep copy of a tapped network carries its hooks, not the features of the last forward (tensors of a
+        graph cannot be deep-copied); ``EMATeacher`` replaces the copy's hooks (``CRLNNet.attach_feature_tap``)."""
+        copied = copy.copy(self)
+        copied.features = {}
+        return copied
 
     def pop(self) -> Dict[int, torch.Tensor]:
         """The features of the last forward; clears them so stale tensors are not kept alive."""

@@ -1,8 +1,7 @@
-"""Tiny variants for tests and smoke runs on a CPU: 2 epochs of 3 iterations, 1 validation iteration.
+"""What the tiny variants of every method share (``*_tiny``, for tests and smoke runs on a CPU): 2 epochs of 3
+iterations, 1 validation iteration, final validation without mirroring.
 
 Variants that only tests need (simulated crashes, resume records) live in ``tests/trainers``."""
-from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
-
 TINY_SCHEDULE = {"num_epochs": 2, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 1}
 
 
@@ -16,12 +15,3 @@ class UnmirroredValidation:
             return super().perform_actual_validation(save_probabilities)
         finally:
             self.inference_allowed_mirroring_axes = axes
-
-
-class nnUNetTrainerMeanTeacher_tiny(UnmirroredValidation, nnUNetTrainerMeanTeacher):
-    schedule_overrides = TINY_SCHEDULE
-
-
-class nnUNetTrainerMeanTeacher_demo(nnUNetTrainerMeanTeacher):
-    """The README demo: 4 epochs of 25 iterations, a few minutes on a 2-core CPU at 32^3."""
-    schedule_overrides = {"num_epochs": 4, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 4}

@@ -12,7 +12,8 @@ import torch
 from nnunet_ssl.trainers.boclis import nnUNetTrainerBoCLIS_tiny
 from nnunet_ssl.trainers.cdr import nnUNetTrainerCDR_tiny
 from nnunet_ssl.trainers.crln import nnUNetTrainerCRLN_tiny
-from nnunet_ssl.trainers.tiny import nnUNetTrainerMeanTeacher_tiny, UnmirroredValidation
+from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher_tiny
+from nnunet_ssl.trainers.tiny import UnmirroredValidation
 from nnunet_ssl.trainers.ugpl import nnUNetTrainerUGPL_tiny
 
 

@@ -344,7 +344,7 @@ def test_prototype_descriptor_is_trained_and_changes_the_positive():
 
 def test_trainer_uses_queries_for_the_positive_after_T_rect(monkeypatch):
     """compute_cps hands the teacher's prototype-query descriptor to cps_loss after T_rect, None before."""
-    import nnunet_ssl.trainers.crln as crln
+    import nnunet_ssl.trainers.crln.trainer as crln  # where the trainer looks it up
     seen = []
     real = crln.cps_loss
     monkeypatch.setattr(crln, "cps_loss", lambda *a, **k: (seen.append(a[5]), real(*a, **k))[1])
@@ -360,7 +360,7 @@ def test_trainer_uses_queries_for_the_positive_after_T_rect(monkeypatch):
 
 def test_unsupervised_loss_uses_rectified_labels_after_T_rect(monkeypatch):
     """Before T_rect the student is trained on the raw teacher labels, from T_rect on on the rectified ones."""
-    import nnunet_ssl.trainers.crln as crln
+    import nnunet_ssl.trainers.crln.trainer as crln  # where the trainer looks it up
     seen = []
     real = crln.image_weighted_nll
     monkeypatch.setattr(crln, "image_weighted_nll", lambda logits, labels, *a: (seen.append(labels), real(logits, labels, *a))[1])
@@ -376,3 +376,37 @@ def test_unsupervised_loss_uses_rectified_labels_after_T_rect(monkeypatch):
     trainer.ssl_step = 10
     trainer.compute_losses(data_l, target_l, data_u, truth_u)
     assert torch.equal(seen[-1], rect[0])
+
+
+def test_crlnnet_state_dict_names_are_stable():
+    """nnUNetv2_predict loads checkpoint['network_weights'] into CRLNNet strictly: the weight names of existing
+    checkpoints (U-Net under 'unet.', DIM under 'dim.', the rectifier's 'a') must not change."""
+    net = tiny_crln(3, 3, 2)
+    keys = list(net.state_dict())
+    assert len(keys) == 160
+    assert keys[:2] == ["unet.encoder.stages.0.0.convs.0.conv.weight", "unet.encoder.stages.0.0.convs.0.conv.bias"]
+    assert keys[-3:] == ["dim.head.upsample.weight", "dim.head.upsample.bias", "rectifier.a"]
+    for k in ("dim.prototypes", "dim.block1.q.weight", "dim.query_proj.weight", "dim.block2.kv.bias",
+              "dim.head.spatial.1.running_mean", "dim.head.shared.weight", "unet.decoder.seg_layers.2.weight"):
+        assert k in keys, k
+
+
+def test_decoder_features_come_from_the_tap_and_teachers_tap_their_own_decoder():
+    """CRLNNet reads the decoder through DecoderFeatureTap (the mechanism CDR and UGPL use); an EMA copy gets its
+    own tap, and the student's hooks do not fire for it."""
+    net = tiny_crln(3, 3, 2)
+    x = torch.randn(2, 1, 16, 16, 16)
+    manual = {}
+    skips = net.unet.encoder(x)
+    low_res, n = skips[-1], len(net.decoder.stages)
+    for s in range(n):  # UNetDecoder's own loop
+        low_res = net.decoder.stages[s](torch.cat((net.decoder.transpconvs[s](low_res), skips[-(s + 2)]), 1))
+        manual[s - n] = low_res
+    net.feature_tap.pop()  # the stages above were tapped too
+    seg, _, features = net(x, return_extras=True)
+    assert features.keys() == manual.keys()
+    assert all(torch.allclose(features[k], manual[k], atol=1e-6) for k in manual)
+    teacher = EMATeacher(net, 0.99)
+    t_seg, t_map, t_features = teacher.module(x, return_extras=True)
+    assert t_map is not None and t_features.keys() == manual.keys() and net.feature_tap.features == {}
+    assert all(torch.allclose(t_features[k], manual[k], atol=1e-6) for k in manual)

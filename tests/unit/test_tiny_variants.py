@@ -6,7 +6,8 @@ from conftest import load_script
 from nnunet_ssl.trainers.boclis import nnUNetTrainerBoCLIS_tiny
 from nnunet_ssl.trainers.cdr import nnUNetTrainerCDR_tiny
 from nnunet_ssl.trainers.crln import nnUNetTrainerCRLN_tiny
-from nnunet_ssl.trainers.tiny import UnmirroredValidation, nnUNetTrainerMeanTeacher_demo, nnUNetTrainerMeanTeacher_tiny
+from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher_demo, nnUNetTrainerMeanTeacher_tiny
+from nnunet_ssl.trainers.tiny import UnmirroredValidation
 from nnunet_ssl.trainers.ugpl import nnUNetTrainerUGPL_tiny
 
 test_trainers = load_script("tests/trainers/nnunet_ssl_test_trainers.py")  # on nnUNet_extTrainer in the e2e tests
