@@ -89,8 +89,11 @@ def write_budget_split(paths: dict, budget_root: str, num_labeled: int, num_val:
     """``nnUNetv2_ssl_split`` into the budget's own preprocessed folder; an existing split must be identical."""
     from nnunet_ssl.data import splits as ssl_split
     with environment(nnUNet_preprocessed=budget_root):
-        expected = ssl_split.make_label_budget_splits(ssl_split.training_identifiers(paths["name"]), num_labeled,
-                                                      num_val, num_folds, seed)
+        try:
+            expected = ssl_split.make_label_budget_splits(ssl_split.training_identifiers(paths["name"]),
+                                                          num_labeled, num_val, num_folds, seed)
+        except ssl_split.SplitError as e:
+            raise BenchmarkError(str(e)) from None
         split_file = os.path.join(budget_root, paths["name"], ssl_split.SPLITS_FILE)
         if os.path.isfile(split_file):
             with open(split_file, encoding="utf-8") as f:
@@ -525,6 +528,11 @@ def _main(args) -> int:
     budgets = sorted(set(args.budgets))
     ssl_trainers = [t for t in dict.fromkeys(args.trainers) if t != BASELINE]
     num_all = num_training - num_val
+    if num_val < 1:  # nnU-Net validates every epoch; refused before anything is written to --output
+        raise BenchmarkError(f"--val {num_val}: hold out at least 1 case (the held-out block is scored and nnU-Net "
+                             f"validates on it every epoch)")
+    if min(budgets) < 1:
+        raise BenchmarkError(f"--budgets {budgets}: every label budget must be at least 1 labelled case")
     if any(b > num_all for b in budgets):
         raise BenchmarkError(f"--budgets {budgets}: with {num_training} training cases and --val {num_val} at most "
                              f"{num_all} can be labelled")

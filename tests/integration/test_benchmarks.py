@@ -162,3 +162,16 @@ def test_benchmark_ssl_and_resume(synthetic_nnunet, tmp_path):
     more_epochs[more_epochs.index("--epochs") + 1] = 2
     proc = run_script("benchmark_ssl.py", more_epochs, env, expect_ok=False)
     assert proc.returncode == 2 and "other settings" in proc.stderr and "epochs" in proc.stderr
+
+
+def test_benchmark_ssl_refuses_bad_settings_before_writing(synthetic_nnunet, tmp_path):
+    """--val 0 (nothing held out) and a zero budget: exit 2 with the setting named, no traceback, no output folder
+    (a folder with settings.json would make the corrected command fail with 'other settings')."""
+    env = synthetic_nnunet["env"]
+    for bad, named in ((["--budgets", "2", "--val", "0"], "--val 0"), (["--budgets", "0", "--val", "2"], "--budgets")):
+        out = tmp_path / f"bench_{named.strip('-').split()[0]}"
+        proc = run_script("benchmark_ssl.py", ["-d", DATASET_ID, *CPU_ARGS, *bad, "--trainers", "--epochs", 1,
+                                               "-o", out], env, expect_ok=False)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert named in proc.stderr and "Traceback" not in proc.stderr
+        assert not out.exists()
