@@ -24,6 +24,15 @@ finished (``on_train_end`` is not called; the loaders are shut down directly); t
 plans copies) go to a temporary ``nnUNet_results`` that is deleted afterwards, so a user's results are never
 touched. Trainers that cannot be found (not written yet, or an import error) are reported and skipped.
 
+Offline self-training (``nnUNetTrainerSelfTraining`` or a subclass in ``--trainers``) costs two things, both
+reported: the self-training stage's iteration (labelled batch plus pseudo-labelled batch), timed as above, and the
+one-off prediction of the fold's unlabelled cases with nnU-Net's predictor before it, reported as seconds per
+unlabelled case. The trainer needs a pseudo-label folder, and their content does not matter for timing: a network of
+the same plans, initialised and not trained, makes them through ``nnUNetv2_ssl_self_train``'s own code path (the
+same predictor, mirroring unless ``--disable-tta``, and storage) into a temporary ``nnUNet_preprocessed`` whose
+entries link to yours (your pseudo-label folders excepted); only preprocessed images are read, never a hidden
+label, and nothing is written into your preprocessed folder. The temporary folder is deleted afterwards.
+
 Numbers mean something only on a GPU: on a CPU the tiny-dataset run of the test suite checks the mechanics only.
 """
 import argparse
@@ -325,6 +334,84 @@ def benchmark_trainer(trainer_class, args, device, prepare=None, after=None) -> 
             torch.cuda.empty_cache()
 
 
+# ------------------------------------------------------------------------------------------------ self-training
+def is_self_training(trainer_class) -> bool:
+    from nnunet_ssl.trainers.self_training import nnUNetTrainerSelfTraining
+    return issubclass(trainer_class, nnUNetTrainerSelfTraining)
+
+
+def untrained_model(args, device, folder: str) -> str:
+    """A model folder (``plans.json``, ``dataset.json``, ``fold_F/checkpoint_final.pth``) of ``nnUNetTrainer``'s
+    network for these plans, initialised and not trained, with the mirroring axes nnU-Net's training would record:
+    it predicts like a trained model of the same plans costs (its output is meaningless)."""
+    from batchgenerators.utilities.file_and_folder_operations import join, save_json
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    with contextlib.redirect_stdout(io.StringIO()):  # the trainer logs its plans
+        trainer = construct_trainer(nnUNetTrainer, args.d, args.c, args.fold, args.p, device)
+        trainer.initialize()
+        trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+    os.makedirs(join(folder, f"fold_{args.fold}"))
+    save_json(trainer.plans_manager.plans, join(folder, "plans.json"), sort_keys=False)
+    save_json(trainer.dataset_json, join(folder, "dataset.json"), sort_keys=False)
+    trainer.save_checkpoint(join(folder, f"fold_{args.fold}", "checkpoint_final.pth"))
+    del trainer
+    gc.collect()
+    return folder
+
+
+def prepare_self_training(trainer_name: str, args, device, work_dir: str) -> Tuple[str, dict]:
+    """A temporary ``nnUNet_preprocessed`` (links to the user's dataset folder, without its pseudo-label folders)
+    with pseudo-labels of an untrained model made as ``nnUNetv2_ssl_self_train`` makes them; returns (its path, the
+    timing of the pseudo-labelling)."""
+    from batchgenerators.utilities.file_and_folder_operations import join
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunet_ssl.self_training import cli as self_train
+    from nnunet_ssl.self_training.store import (model_fingerprint, pseudo_label_folder, weighting_settings,
+                                                write_pseudo_manifest)
+    dataset = maybe_convert_to_dataset_name(args.d)
+    user_base = join(os.fspath(nnUNet_preprocessed), dataset)
+    pre_root = join(work_dir, "nnUNet_preprocessed")
+    os.makedirs(join(pre_root, dataset))
+    for entry in os.listdir(user_base):
+        if "_pseudolabels_fold_" not in entry:  # the user's pseudo-labels are neither read nor replaced
+            os.symlink(os.path.abspath(join(user_base, entry)), join(pre_root, dataset, entry))
+    argv = ["-d", dataset, "-c", args.c, "-f", str(args.fold), "-p", args.p, "-tr", trainer_name,
+            "-device", device.type] + (["--disable-tta"] if args.disable_tta else [])
+    cli_args = self_train.build_parser().parse_args(argv)
+    with environment(nnUNet_preprocessed=pre_root):
+        setup = self_train.Setup(cli_args)
+        cases = self_train.fold_unlabeled_cases(setup)
+        model = untrained_model(args, device, join(work_dir, "untrained_model"))
+        fingerprint = model_fingerprint(join(model, f"fold_{args.fold}", "checkpoint_final.pth"))
+        folder = pseudo_label_folder(setup.pre_base, setup.configuration_manager.data_identifier, setup.fold)
+        prediction = {"use_mirroring": not cli_args.disable_tta, "tile_step_size": cli_args.step_size,
+                      "use_gaussian": True}
+        start = time.perf_counter()
+        manifest = self_train.make_pseudo_labels(setup, cli_args, folder, model, fingerprint, cases, prediction,
+                                                 weighting_settings(cli_args.weighting, cli_args.threshold))
+        seconds = time.perf_counter() - start
+        manifest["training"] = {"stage": "pseudo", "round": 1, "trainer": trainer_name, "num_epochs": None,
+                                "num_iterations_per_epoch": None, "pseudo_ratio": cli_args.pseudo_ratio}
+        write_pseudo_manifest(folder, manifest)
+    return pre_root, {"cases": len(cases), "seconds": seconds, "seconds_per_case": seconds / len(cases),
+                      "use_mirroring": prediction["use_mirroring"], "tile_step_size": prediction["tile_step_size"],
+                      "model": "nnUNetTrainer network of these plans, initialised, not trained"}
+
+
+def benchmark_self_training(trainer_class, trainer_name: str, args, device) -> dict:
+    """``benchmark_trainer`` on pseudo-labels of an untrained model, plus the time that pseudo-labelling took."""
+    work_dir = tempfile.mkdtemp(prefix="nnunet_ssl_speed_self_training_")
+    try:
+        pre_root, labelling = prepare_self_training(trainer_name, args, device, work_dir)
+        with environment(nnUNet_preprocessed=pre_root):
+            result = benchmark_trainer(trainer_class, args, device)
+        result["pseudo_labelling"] = labelling
+        return result
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)  # links are removed, never followed
+
+
 # ------------------------------------------------------------------------------------------------------ report
 def add_ratios(results: Dict[str, dict]) -> None:
     ref = results.get(REFERENCE_TRAINER, {})
@@ -359,6 +446,12 @@ def format_table(results: Dict[str, dict]) -> str:
             f"{100 * w['data_wait_share']:.1f} %", num(r["peak_gpu_memory_gib"], ".2f"),
             str(r["loss_code_syncs"]["count"])]) + " |")
         notes.extend(f"{name}: {n}× {site}" for site, n in r["loss_code_syncs"]["sites"].items())
+        if "pseudo_labelling" in r:
+            p = r["pseudo_labelling"]
+            notes.append(f"{name}: before training, pseudo-labelling the {p['cases']} unlabelled cases with nnU-Net's "
+                         f"predictor (mirroring {'on' if p['use_mirroring'] else 'off'}) takes "
+                         f"{p['seconds_per_case']:.2f} s per case ({p['seconds']:.1f} s, once per round; timed with "
+                         f"an untrained model of the same plans)")
     return "\n".join(lines) + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "") + "\n"
 
 
@@ -374,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=50, help="timed iterations per phase (default 50)")
     p.add_argument("--warmup", type=int, default=20,
                    help="untimed iterations before each phase (default 20; enough for torch.compile)")
+    p.add_argument("--disable-tta", action="store_true",
+                   help="self-training trainers: pseudo-label without test-time mirroring (as nnUNetv2_ssl_self_train "
+                        "--disable-tta; default: mirroring on)")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda if available")
     p.add_argument("--num-threads", type=int, default=None,
                    help="torch threads (default as nnUNetv2_train: all cores on CPU, 1 with CUDA)")
@@ -405,7 +501,11 @@ def main(argv=None) -> int:
                     continue
                 print(f"[benchmark_speed] {name}: {args.warmup} warm-up + {args.iters} timed iterations per phase")
                 try:
-                    results[name] = {"status": "ok", **benchmark_trainer(trainer_class, args, device)}
+                    if is_self_training(trainer_class):
+                        result = benchmark_self_training(trainer_class, name, args, device)
+                    else:
+                        result = benchmark_trainer(trainer_class, args, device)
+                    results[name] = {"status": "ok", **result}
                 except Exception as e:  # one broken trainer must not cost the numbers of the others
                     traceback.print_exc()
                     results[name] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
@@ -426,6 +526,7 @@ def main(argv=None) -> int:
         header += " CPU run: timings check the mechanics only, they say nothing about GPU training."
     report = {"settings": {"dataset": args.d, "configuration": args.c, "plans": args.p, "fold": args.fold,
                            "iters": args.iters, "warmup": args.warmup, "trainers": args.trainers,
+                           "disable_tta": args.disable_tta,
                            "reference_trainer": REFERENCE_TRAINER},
               "machine": info, "results": results}
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)

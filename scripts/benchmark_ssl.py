@@ -206,8 +206,11 @@ def self_training_epochs(args) -> tuple:
 def train_self_training(args, paths, budget_pre_root, seed_dir, results_root, device, seed: int) -> dict:
     """Offline self-training as users run it (``nnUNetv2_ssl_self_train``): a labelled-only nnUNetTrainer for the
     first share of the iterations (its own results folder, so it is not the labelled-only row's model), then the
-    command with that model for the rest. A cut-off labelled-only model continues; a cut-off self-training stage
-    starts again (the pseudo-labels of the same model are reused)."""
+    command with that model for the rest. A cut-off labelled-only model continues, and so does a cut-off
+    self-training stage: the command runs with ``--c`` when this seed has a partial self-training run (finished
+    stages and the pseudo-labels of the same model are kept, the stage continues from its ``checkpoint_latest.pth``,
+    written every epoch); otherwise with ``--overwrite``, which replaces the budget folder's link to a pseudo-label
+    folder of yours (never your folder) and a partial run made before ``--c`` existed (no record of its settings)."""
     from nnunet_ssl.self_training import cli as self_train
     labeled_epochs, pseudo_epochs = self_training_epochs(args)
     labeled_root = os.path.join(seed_dir, "self_training_labeled_only")
@@ -221,7 +224,14 @@ def train_self_training(args, paths, budget_pre_root, seed_dir, results_root, de
     seed_everything(seed)
     argv = ["-d", paths["name"], "-c", args.c, "-f", str(args.fold), "-p", args.p, "--labeled-model", labeled_model,
             "--epochs", str(pseudo_epochs), "--iterations-per-epoch", str(args.iters_per_epoch), "--validate", "none",
-            "-device", device.type, "--overwrite"]
+            "-device", device.type, "--save-every", "1"]
+    self_training_model = model_folder(results_root, paths["name"], SELF_TRAINING, args.p, args.c)
+    record = self_train.read_run_record(self_training_model, args.fold)
+    if self_train.earlier_runs(self_training_model, args.fold) and record and "recipe" in record[0]:
+        print(f"[benchmark_ssl]   continuing the cut-off self-training run in {self_training_model} (--c)")
+        argv.append("--c")
+    else:
+        argv.append("--overwrite")
     if args.disable_tta:
         argv.append("--disable-tta")
     if args.num_threads:

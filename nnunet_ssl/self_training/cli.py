@@ -17,6 +17,12 @@ For one dataset, configuration, plans and fold:
 Nothing is overwritten without ``--overwrite``: neither a pseudo-label folder made by another model (or with other
 predictor settings) nor an earlier self-training run of the fold. Pseudo-labels of the same model and settings are
 reused (only their weights are redone if ``--threshold``/``--weighting`` changed).
+
+``--c`` (nnU-Net's "continue") continues a run that was cut off: finished stages are kept, the stage that was
+running continues from its ``checkpoint_latest.pth`` (``--save-every`` sets how often a stage writes it), and the
+pseudo-labels of the same model are reused. ``fold_F/self_training.json`` is written before every stage (``complete``
+false until the last one has finished) and records the settings that make the recipe the experiment it is
+(``recipe``); ``--c`` with other such settings is refused.
 """
 import argparse
 import contextlib
@@ -35,6 +41,12 @@ from nnunet_ssl.errors import UserError, exits_on_user_error, resolve_dataset_na
 PROG = "nnUNetv2_ssl_self_train"
 ROUND_FOLDER = "self_training_round_{}"
 SUMMARY_FILE = "self_training.json"
+FINAL = "checkpoint_final.pth"
+# settings a run continued with --c must share with the interrupted run (args attribute: option)
+RECIPE_OPTIONS = {"rounds": "--rounds", "epochs": "--epochs", "iterations_per_epoch": "--iterations-per-epoch",
+                  "finetune_epochs": "--finetune-epochs", "finetune_lr": "--finetune-lr",
+                  "pseudo_ratio": "--pseudo-ratio", "threshold": "--threshold", "weighting": "--weighting",
+                  "disable_tta": "--disable-tta", "step_size": "--step-size"}
 
 
 class SelfTrainingError(UserError):
@@ -123,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace a pseudo-label folder made by another model and an earlier self-training run of "
                         "this fold")
+    p.add_argument("--c", dest="continue_training", action="store_true",
+                   help="continue a self-training run of this fold that was cut off (as nnUNetv2_train --c): "
+                        "finished stages are kept, the interrupted stage continues from its checkpoint_latest.pth, "
+                        "pseudo-labels of the same model are reused; the recipe's settings must be the same")
+    p.add_argument("--save-every", type=_positive(int), default=None, metavar="N",
+                   help="every stage writes checkpoint_latest.pth every N epochs, the point --c continues from "
+                        "(default: the trainer's, nnU-Net's 50)")
     p.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="default: cuda")
     p.add_argument("-num_gpus", type=_positive(int), default=1, help="GPUs per training stage (DDP; default: 1)")
     p.add_argument("--num-threads", type=_positive(int), default=None,
@@ -273,8 +292,9 @@ def resolve_trainer(name: str, option: str):
 
 # -------------------------------------------------------------------------------------------- pseudo-label folder
 def pseudo_labels_to_make(folder: str, fingerprint: Optional[dict], prediction: dict, weighting: dict,
-                          cases: Dict[str, str], overwrite: bool) -> str:
-    """'predict', 'reweight' or 'keep' for an existing pseudo-label folder; refuses to replace another model's."""
+                          cases: Dict[str, str], overwrite: bool, continuing: bool = False) -> str:
+    """'predict', 'reweight' or 'keep' for an existing pseudo-label folder; refuses to replace another model's
+    (``continuing``: the command runs with --c, which cannot be combined with --overwrite; the fix says so)."""
     from nnunet_ssl.self_training.store import read_pseudo_manifest
     manifest = read_pseudo_manifest(folder)
     if manifest is None and not isdir(folder):
@@ -291,8 +311,10 @@ def pseudo_labels_to_make(folder: str, fingerprint: Optional[dict], prediction: 
                 f"{manifest['prediction']}, {len(manifest['cases'])} cases)")
     ours = (f"{fingerprint['checkpoint']} (sha256 {fingerprint['sha256'][:12]}, predictor {prediction}, {len(cases)} "
             f"cases)" if fingerprint else "the labelled-only model this command is about to train")
-    raise SelfTrainingError(f"{folder} holds pseudo-labels made by {made}, not by {ours}. Pass --overwrite to "
-                            f"replace them, or move the folder and its .json manifest aside.")
+    fix = ("Move the folder and its .json manifest aside (they are made again), or start the run again with "
+           "--overwrite instead of --c, which replaces them." if continuing else
+           "Pass --overwrite to replace them, or move the folder and its .json manifest aside.")
+    raise SelfTrainingError(f"{folder} holds pseudo-labels made by {made}, not by {ours}. {fix}")
 
 
 def make_pseudo_labels(setup: Setup, args, folder: str, model_folder: str, fingerprint: dict, cases: Dict[str, str],
@@ -390,15 +412,112 @@ def earlier_runs(model_folder: str, fold) -> List[str]:
             sorted(glob.glob(join(model_folder, ROUND_FOLDER.format("*"), f"fold_{fold}"))) if isdir(d)]
 
 
+# --------------------------------------------------------------------------------------------- continuing (--c)
+def recipe_settings(args, labeled_folder: str, labeled_fingerprint: Optional[dict]) -> dict:
+    """What makes a run the experiment it is; a run continued with --c must have the same (``check_same_recipe``).
+    Recorded as ``recipe`` in ``fold_F/self_training.json``."""
+    return {"labeled_model": os.path.abspath(labeled_folder),
+            "labeled_checkpoint_sha256": labeled_fingerprint["sha256"] if labeled_fingerprint else None,
+            **{k: getattr(args, k) for k in RECIPE_OPTIONS}}
+
+
+def read_run_record(model_folder: str, fold) -> Optional[tuple]:
+    """(summary, its file) of the newest ``self_training.json`` of a run of this fold: ``fold_F``'s, else (a run cut
+    off right after a round was moved aside) the last archived round's; None if there is none."""
+    archived = glob.glob(join(model_folder, ROUND_FOLDER.format("*"), f"fold_{fold}", SUMMARY_FILE))
+    archived.sort(key=lambda f: int(os.path.basename(os.path.dirname(os.path.dirname(f))).rsplit("_", 1)[1]),
+                  reverse=True)
+    for f in [join(model_folder, f"fold_{fold}", SUMMARY_FILE)] + archived:
+        if isfile(f):
+            return load_json(f), f
+    return None
+
+
+def _describe(key: str, value) -> str:
+    if key == "disable_tta":
+        return "--disable-tta" if value else "no --disable-tta"
+    if value is None:
+        return f"no {RECIPE_OPTIONS[key]} (the trainer's default)"
+    return f"{RECIPE_OPTIONS[key]} {value}"
+
+
+def check_same_recipe(previous: dict, ours: dict, record_file: str) -> None:
+    """--c continues the interrupted run only with the settings it was started with."""
+    again = "or start again with --overwrite instead of --c (the earlier run is deleted)"
+    theirs_model = previous.get("labeled_model")
+    if theirs_model != ours["labeled_model"]:
+        raise SelfTrainingError(f"--c: the interrupted run ({record_file}) used the labelled-only model "
+                                f"{theirs_model}, this command {ours['labeled_model']}. Point --labeled-model (or "
+                                f"--labeled-trainer) at {theirs_model} to continue it, {again}.")
+    if ours["labeled_checkpoint_sha256"] is None:
+        raise SelfTrainingError(f"--c: the labelled-only model of the interrupted run ({record_file}), "
+                                f"{ours['labeled_model']}, has no {FINAL} any more. Restore it to continue the run, "
+                                f"{again}.")
+    if previous.get("labeled_checkpoint_sha256") != ours["labeled_checkpoint_sha256"]:
+        raise SelfTrainingError(f"--c: the labelled-only model {ours['labeled_model']} has changed since the "
+                                f"interrupted run ({record_file}) started (sha256 of {FINAL} "
+                                f"{str(previous.get('labeled_checkpoint_sha256'))[:12]} then, "
+                                f"{ours['labeled_checkpoint_sha256'][:12]} now): its pseudo-labels would differ. "
+                                f"Restore that model to continue the run, {again}.")
+    for key in RECIPE_OPTIONS:
+        theirs = _describe(key, previous.get(key))
+        if previous.get(key) != ours[key]:
+            raise SelfTrainingError(f"--c: the interrupted run ({record_file}) used {theirs}, this command "
+                                    f"{_describe(key, ours[key])}; continuing with it would make another experiment. "
+                                    f"Pass {theirs} to continue the run, {again}.")
+
+
+def stage_plan(args) -> List[tuple]:
+    """(stage, round) of every training stage after the labelled-only model."""
+    return [("pseudo", r) for r in range(1, args.rounds + 1)] + ([("finetune", None)] if args.finetune_epochs else [])
+
+
+def stage_name(stage: str, round_index: Optional[int]) -> str:
+    return f"self-training round {round_index}" if stage == "pseudo" else "fine-tune"
+
+
+def write_summary(setup: Setup, args, model_folder: str, recipe: dict, stages: List[dict], complete: bool) -> dict:
+    """``fold_F/self_training.json``: written before every stage (``complete`` false, the stage listed without its
+    iterations) and at the end; copies left in archived rounds are removed (``read_run_record``)."""
+    known = [s["iterations"] for s in stages]
+    summary = {"dataset": setup.dataset, "configuration": setup.configuration, "plans": setup.plans_identifier,
+               "fold": setup.fold, "trainer": args.tr, "settings": {k: v for k, v in vars(args).items()},
+               "recipe": recipe, "complete": complete, "stages": stages,
+               "total_iterations": sum(known) if None not in known else None}
+    final_fold = join(model_folder, f"fold_{setup.fold}")
+    os.makedirs(final_fold, exist_ok=True)
+    save_json(summary, join(final_fold, SUMMARY_FILE), sort_keys=False)
+    for stale in glob.glob(join(model_folder, ROUND_FOLDER.format("*"), f"fold_{setup.fold}", SUMMARY_FILE)):
+        os.remove(stale)
+    return summary
+
+
+def provide_pseudo_labels(setup: Setup, args, folder: str, action: str, source_folder: str, fingerprint: dict,
+                          cases: Dict[str, str], prediction: dict, weighting: dict) -> dict:
+    """The manifest of the pseudo-labels ``action`` ('predict', 'reweight', 'keep') leaves in ``folder``."""
+    from nnunet_ssl.self_training.store import read_pseudo_manifest
+    if action == "predict":
+        return make_pseudo_labels(setup, args, folder, source_folder, fingerprint, cases, prediction, weighting)
+    manifest = read_pseudo_manifest(folder)
+    if action == "reweight":
+        return reweight_pseudo_labels(setup, folder, manifest, weighting)
+    print(f"Reusing the pseudo-labels in {folder} (same model, predictor and weighting)")
+    return manifest
+
+
 # --------------------------------------------------------------------------------------------------------- main
 def run(args) -> dict:
     """The whole recipe; returns the summary written to ``fold_F/self_training.json``."""
     import torch
     from nnunet_ssl.cli import set_ext_trainer_env
-    from nnunet_ssl.self_training.store import (model_fingerprint, pseudo_label_folder, read_pseudo_manifest,
-                                                weighting_settings, write_pseudo_manifest)
+    from nnunet_ssl.self_training.store import (model_fingerprint, pseudo_label_folder, weighting_settings,
+                                                write_pseudo_manifest)
     from nnunet_ssl.trainers.self_training import nnUNetTrainerSelfTraining
 
+    continuing = getattr(args, "continue_training", False)
+    if continuing and args.overwrite:
+        raise SelfTrainingError("--c continues an interrupted run and --overwrite deletes it to start again: pass "
+                                "one of them.")
     if args.labeled_model and args.train_labeled:
         raise SelfTrainingError("--train-labeled trains the labelled-only model in its nnUNet_results folder; it "
                                 "cannot be combined with --labeled-model (train that model yourself).")
@@ -413,16 +532,35 @@ def run(args) -> dict:
     checkpoint = labeled_checkpoint(setup, args)
     if checkpoint is None:
         resolve_trainer(args.labeled_trainer, "--labeled-trainer")
+    labeled_folder = args.labeled_model or setup.model_folder(args.labeled_trainer)
+    fingerprint = model_fingerprint(checkpoint) if checkpoint else None
     model_folder = setup.model_folder(args.tr)
+    final_fold = join(model_folder, f"fold_{setup.fold}")
+    plan = stage_plan(args)
     earlier = earlier_runs(model_folder, setup.fold)
-    if earlier and not args.overwrite:
+    previous = None
+    if earlier and continuing:
+        record = read_run_record(model_folder, setup.fold)
+        if record is None or "recipe" not in record[0]:
+            raise SelfTrainingError(
+                f"--c: {', '.join(earlier)} hold(s) a self-training run of fold {setup.fold} without a record of its "
+                f"settings ({join(final_fold, SUMMARY_FILE)} with 'recipe'): it was cut off before its first stage "
+                f"or made by an older version. Start it again with --overwrite instead of --c.")
+        previous = record[0]
+        check_same_recipe(previous["recipe"], recipe_settings(args, labeled_folder, fingerprint), record[1])
+    elif earlier and not args.overwrite:
         raise SelfTrainingError(f"{', '.join(earlier)} hold(s) an earlier self-training run of fold {setup.fold}. "
-                                f"Pass --overwrite to replace it (the folders are deleted), or use another -tr.")
+                                f"Pass --c to continue it (a run that was cut off), --overwrite to replace it (the "
+                                f"folders are deleted), or use another -tr.")
     folder = pseudo_label_folder(setup.pre_base, setup.configuration_manager.data_identifier, setup.fold)
     prediction = {"use_mirroring": not args.disable_tta, "tile_step_size": args.step_size, "use_gaussian": True}
     weighting = weighting_settings(args.weighting, args.threshold)
-    fingerprint = model_fingerprint(checkpoint) if checkpoint else None
-    action = pseudo_labels_to_make(folder, fingerprint, prediction, weighting, cases, args.overwrite)
+    # round 1's pseudo-labels (the labelled-only model's) are checked before any work, unless round 1 is finished
+    # (with --c: in its archive folder, or still in fold_F when the run was cut off before moving it there)
+    first_folder = final_fold if len(plan) == 1 else join(model_folder, ROUND_FOLDER.format(1), f"fold_{setup.fold}")
+    first_done = previous is not None and (isfile(join(first_folder, FINAL)) or isfile(join(final_fold, FINAL)))
+    action = None if first_done else pseudo_labels_to_make(folder, fingerprint, prediction, weighting, cases,
+                                                           args.overwrite, continuing)
     # ------------------------------------------------------------------ checks done: from here on, work is done
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
@@ -431,61 +569,89 @@ def run(args) -> dict:
     else:
         torch.set_num_threads(1)
         torch.set_num_interop_threads(1)
-    for d in earlier:
-        shutil.rmtree(d)
-    labeled_folder = args.labeled_model or setup.model_folder(args.labeled_trainer)
+    if args.overwrite:
+        for d in earlier:
+            shutil.rmtree(d)
+    elif continuing and not earlier:
+        print(f"--c: no earlier self-training run of fold {setup.fold} in {model_folder}; starting one")
     if checkpoint is None:
         train(setup, args.labeled_trainer, args, validate=args.validate == "all",
               continue_training=isfile(join(labeled_folder, f"fold_{setup.fold}", "checkpoint_latest.pth")))
-        checkpoint = join(labeled_folder, f"fold_{setup.fold}", "checkpoint_final.pth")
+        checkpoint = join(labeled_folder, f"fold_{setup.fold}", FINAL)
         fingerprint = model_fingerprint(checkpoint)
         action = "predict"
+    recipe = recipe_settings(args, labeled_folder, fingerprint)
     stages = [{"stage": "labelled-only", "model": os.path.abspath(join(labeled_folder, f"fold_{setup.fold}")),
                "iterations": trained_iterations(join(labeled_folder, f"fold_{setup.fold}"))}]
-    source_folder = labeled_folder
-    for r in range(1, args.rounds + 1):
-        if action == "predict":
-            manifest = make_pseudo_labels(setup, args, folder, source_folder, fingerprint, cases, prediction,
-                                          weighting)
+    recorded = {(s.get("stage"), s.get("round")): s for s in (previous or {}).get("stages", [])}
+    source_folder, source_fp = labeled_folder, fingerprint   # the model that labels the next round
+    labeller = None                                          # (folder, fingerprint) that labelled the last round
+    manifest, trained = None, 0
+    for i, (kind, r) in enumerate(plan):
+        last = i == len(plan) - 1
+        where = final_fold if last else join(model_folder, ROUND_FOLDER.format(i + 1), f"fold_{setup.fold}")
+        name = stage_name(kind, r)
+        if continuing and not last and not isfile(join(where, FINAL)) and isfile(join(final_fold, FINAL)):
+            print(f"--c: {final_fold} holds the finished {name}; moving it to {where}")
+            if isdir(where):  # nothing finished in there
+                shutil.rmtree(where)
+            archive_round(model_folder, setup.fold, i + 1)
+        if kind == "pseudo":
+            labeller = (source_folder, source_fp)
+        if isfile(join(where, FINAL)):  # finished by the interrupted run (--c)
+            print(f"--c: the {name} finished earlier ({where}): kept")
+            entry = dict(recorded.get((kind, r)) or {"stage": kind, **({"round": r} if r else {})})
+            stages.append({**entry, "model": os.path.abspath(where), "iterations": trained_iterations(where)})
+            if kind == "pseudo":
+                source_folder, source_fp = os.path.dirname(where), None
+            action = None
+            continue
+        if kind == "pseudo":
+            if source_fp is None:
+                source_fp = model_fingerprint(join(source_folder, f"fold_{setup.fold}", FINAL))
+                labeller = (source_folder, source_fp)
+            if action is None:  # the source model was trained before this call: its pseudo-labels may be there
+                action = pseudo_labels_to_make(folder, source_fp, prediction, weighting, cases, True)
+            manifest = provide_pseudo_labels(setup, args, folder, action, source_folder, source_fp, cases,
+                                             prediction, weighting)
+            manifest["training"] = {"stage": "pseudo", "round": r, "trainer": args.tr, "num_epochs": args.epochs,
+                                    "num_iterations_per_epoch": args.iterations_per_epoch,
+                                    "pseudo_ratio": args.pseudo_ratio, "save_every": args.save_every}
+            entry = {"stage": "pseudo", "round": r, "pseudo_labels": folder, "pseudo_labels_by": source_fp,
+                     "mean_weight": sum(manifest["mean_weight"].values()) / len(manifest["mean_weight"])}
         else:
-            manifest = read_pseudo_manifest(folder)
-            if action == "reweight":
-                manifest = reweight_pseudo_labels(setup, folder, manifest, weighting)
-            else:
-                print(f"Reusing the pseudo-labels in {folder} (same model, predictor and weighting)")
-        manifest["training"] = {"stage": "pseudo", "round": r, "trainer": args.tr, "num_epochs": args.epochs,
-                                "num_iterations_per_epoch": args.iterations_per_epoch,
-                                "pseudo_ratio": args.pseudo_ratio}
+            if manifest is None:  # every round finished earlier: the trainer reads the last round's manifest
+                if labeller[1] is None:
+                    labeller = (labeller[0], model_fingerprint(join(labeller[0], f"fold_{setup.fold}", FINAL)))
+                manifest = provide_pseudo_labels(
+                    setup, args, folder, pseudo_labels_to_make(folder, labeller[1], prediction, weighting, cases, True),
+                    labeller[0], labeller[1], cases, prediction, weighting)
+            init_checkpoint = join(source_folder, f"fold_{setup.fold}", FINAL)
+            manifest["training"] = {"stage": "finetune", "trainer": args.tr, "num_epochs": args.finetune_epochs,
+                                    "num_iterations_per_epoch": args.iterations_per_epoch,
+                                    "initial_lr": args.finetune_lr, "init_checkpoint": init_checkpoint,
+                                    "save_every": args.save_every}
+            entry = {"stage": "finetune", "init_checkpoint": init_checkpoint}
         write_pseudo_manifest(folder, manifest)
-        last = r == args.rounds and not args.finetune_epochs
-        train(setup, args.tr, args, validate=args.validate == "all" or (last and args.validate == "last"))
-        fold_folder = join(model_folder, f"fold_{setup.fold}")
-        stage = {"stage": "pseudo", "round": r, "pseudo_labels": folder, "pseudo_labels_by": fingerprint,
-                 "mean_weight": sum(manifest["mean_weight"].values()) / len(manifest["mean_weight"]),
-                 "iterations": trained_iterations(fold_folder)}
-        if r < args.rounds or args.finetune_epochs:
-            source_folder = archive_round(model_folder, setup.fold, r)
-            fold_folder = join(source_folder, f"fold_{setup.fold}")
-            checkpoint = join(fold_folder, "checkpoint_final.pth")
-            fingerprint = model_fingerprint(checkpoint)
-            action = "predict"
-        stage["model"] = os.path.abspath(fold_folder)
-        stages.append(stage)
-    if args.finetune_epochs:
-        manifest["training"] = {"stage": "finetune", "trainer": args.tr, "num_epochs": args.finetune_epochs,
-                                "num_iterations_per_epoch": args.iterations_per_epoch,
-                                "initial_lr": args.finetune_lr, "init_checkpoint": checkpoint}
-        write_pseudo_manifest(folder, manifest)
-        train(setup, args.tr, args, validate=args.validate != "none")
-        stages.append({"stage": "finetune", "init_checkpoint": checkpoint,
-                       "model": os.path.abspath(join(model_folder, f"fold_{setup.fold}")),
-                       "iterations": trained_iterations(join(model_folder, f"fold_{setup.fold}"))})
-    known = [s["iterations"] for s in stages]
-    summary = {"dataset": setup.dataset, "configuration": setup.configuration, "plans": setup.plans_identifier,
-               "fold": setup.fold, "trainer": args.tr, "settings": {k: v for k, v in vars(args).items()},
-               "stages": stages, "total_iterations": sum(known) if None not in known else None}
-    final_fold = join(model_folder, f"fold_{setup.fold}")
-    save_json(summary, join(final_fold, SUMMARY_FILE), sort_keys=False)
+        entry.update(model=os.path.abspath(where), iterations=None)
+        stages.append(entry)
+        write_summary(setup, args, model_folder, recipe, stages, complete=False)
+        resume = continuing and any(isfile(join(final_fold, f)) for f in ("checkpoint_latest.pth",
+                                                                           "checkpoint_best.pth"))
+        if resume:
+            print(f"--c: continuing the {name} from its checkpoint in {final_fold}")
+        validate = args.validate == "all" or (last and args.validate == "last") \
+            if kind == "pseudo" else args.validate != "none"
+        train(setup, args.tr, args, validate=validate, continue_training=resume)
+        trained += 1
+        entry["iterations"] = trained_iterations(final_fold)
+        if not last:
+            source_folder, source_fp = archive_round(model_folder, setup.fold, i + 1), None
+        action = "predict"  # the next round's pseudo-labels come from the model just trained
+    summary = write_summary(setup, args, model_folder, recipe, stages, complete=True)
+    if not trained and previous is not None:
+        print(f"\n--c: the self-training run of fold {setup.fold} had finished; nothing to train (summary "
+              f"rewritten).")
     print("\nSelf-training done. Iterations: " + " + ".join(f"{s['stage']} {s['iterations']}" for s in stages)
           + f" = {summary['total_iterations']}")
     print(f"Final model: {final_fold} (nnUNetv2_predict -d {setup.dataset} -c {setup.configuration} -p "

@@ -57,7 +57,7 @@ class nnUNetTrainerSelfTraining(nnUNetTrainerSSL):
         if self.stage not in STAGES:
             raise RuntimeError(f"{self.pseudo_label_folder}.json: training stage {self.stage!r} is not one of "
                                f"{STAGES}")
-        for attr in ("num_epochs", "num_iterations_per_epoch"):
+        for attr in ("num_epochs", "num_iterations_per_epoch", "save_every"):
             if settings.get(attr) is not None:
                 setattr(self, attr, int(settings[attr]))
         if settings.get("pseudo_ratio") is not None:

@@ -1,5 +1,6 @@
 """The offline self-training row of scripts/benchmark_ssl.py: the recipe gets the same total iterations as every
-other row, its labelled-only model included, and that model is its own (not the labelled-only row's)."""
+other row, its labelled-only model included, and that model is its own (not the labelled-only row's); a run cut off
+in the self-training stage continues it."""
 import json
 
 from conftest import DATASET_ID, DATASET_NAME
@@ -27,6 +28,20 @@ def test_self_training_row_counts_the_labelled_model(synthetic_nnunet, tmp_path)
     final = seed_dir / "nnUNet_results" / DATASET_NAME / "nnUNetTrainerSelfTraining__nnUNetPlans__2d" / "fold_0"
     assert (final / "checkpoint_final.pth").is_file()
     assert listing(root / "results") == results_before
+
+    # a run cut off in the self-training stage continues it with nnUNetv2_ssl_self_train --c (here cut off right after
+    # its last epoch's checkpoint: checkpoint_final.pth moved back to checkpoint_latest.pth); the labelled-only model
+    # and the pseudo-labels are not made again
+    pseudo = out / "budget_2" / "nnUNet_preprocessed" / DATASET_NAME / "nnUNetPlans_2d_pseudolabels_fold_0"
+    made = {str(p): p.stat().st_mtime_ns for p in [labeled / "checkpoint_final.pth", *pseudo.rglob("*")]}
+    (final / "checkpoint_final.pth").rename(final / "checkpoint_latest.pth")
+    proc = run_script("benchmark_ssl.py", args, env)
+    assert "continuing the cut-off self-training run" in proc.stdout
+    assert "--c: continuing the self-training round 1" in proc.stdout
+    assert (final / "checkpoint_final.pth").is_file() and not (final / "checkpoint_latest.pth").exists()
+    assert {str(p): p.stat().st_mtime_ns for p in [labeled / "checkpoint_final.pth", *pseudo.rglob("*")]} == made
+    record = json.loads((records / "budget_2" / "nnUNetTrainerSelfTraining__seed0.json").read_text())
+    assert record["status"] == "ok" and record["self_training"]["stages"] == stages
 
     # a share that is not a whole number of epochs is refused before any work
     odd = [a for a in args] + ["--self-training-labeled-share", 0.3]

@@ -16,7 +16,7 @@ from conftest import DATASET_ID, DATASET_NAME, REPO
 CPU_ARGS = ["-c", "2d", "--device", "cpu", "--num-threads", "1"]
 # trainer -> the only functions allowed to make the host wait for the device inside compute_losses
 SYNC_EXPECTATIONS = {"nnUNetTrainerCDR": (), "nnUNetTrainerCRLN": (), "nnUNetTrainerUGPL": (),
-                     "nnUNetTrainerBoCLIS": ("centre_regions", "patch_embeddings")}
+                     "nnUNetTrainerBoCLIS": ("centre_regions", "patch_embeddings"), "nnUNetTrainerSelfTraining": ()}
 
 
 def run_script(script, args, env, expect_ok=True):
@@ -39,9 +39,11 @@ def test_benchmark_speed(synthetic_nnunet, tmp_path):
     env = dict(synthetic_nnunet["env"], TMPDIR=str(scratch))  # the temporary nnUNet_results goes here
     results_before = listing(root / "results")
     out = tmp_path / "speed" / "speed.json"
+    preprocessed_before = listing(root / "preprocessed")
     proc = run_script("benchmark_speed.py", ["-d", DATASET_ID, *CPU_ARGS, "--trainers", "nnUNetTrainer",
                                              "nnUNetTrainerMeanTeacher", "nnUNetTrainerNotWrittenYet",
-                                             *SYNC_EXPECTATIONS, "--iters", 2, "--warmup", 0, "-o", out], env)
+                                             *SYNC_EXPECTATIONS, "--iters", 2, "--warmup", 0, "--disable-tta",
+                                             "-o", out], env)
     report = json.loads(out.read_text())
     results = report["results"]
     assert results["nnUNetTrainerNotWrittenYet"]["status"] == "skipped (not importable)"
@@ -82,9 +84,20 @@ def test_benchmark_speed(synthetic_nnunet, tmp_path):
     boclis_line = next(line for line in table.splitlines() if line.startswith("| nnUNetTrainerBoCLIS | "))
     assert boclis_line.endswith(f"| {results['nnUNetTrainerBoCLIS']['loss_code_syncs']['count']} |")
     assert "nnUNetTrainerNotWrittenYet: skipped" in table and "CPU run" in table
-    # nothing written into the user's nnUNet_results, the temporary one is gone
+    # offline self-training: the stage's iterations (labelled + pseudo-labelled batch) on pseudo-labels of an
+    # untrained model, and the one-off pseudo-labelling of the fold's 5 unlabelled cases reported on its own
+    st = results["nnUNetTrainerSelfTraining"]
+    assert st["streams"] == ["dataloader_train", "dataloader_unlabeled"] and st["patch_size"] == base["patch_size"]
+    assert st["batch_size"] == base["batch_size"] == st["unlabeled_batch_size"]  # --pseudo-ratio 1
+    labelling = st["pseudo_labelling"]
+    assert labelling["cases"] == 5 and labelling["seconds"] > 0 and not labelling["use_mirroring"]
+    assert labelling["seconds_per_case"] == pytest.approx(labelling["seconds"] / 5)
+    assert "nnUNetTrainerSelfTraining: before training, pseudo-labelling the 5 unlabelled cases" in table
+    # nothing written into the user's nnUNet_results or preprocessed folder (no pseudo-labels there), the
+    # temporary folders are gone
     assert listing(root / "results") == results_before
-    assert [p for p in scratch.iterdir() if p.name.startswith("nnunet_ssl_speed_results_")] == []
+    assert listing(root / "preprocessed") == preprocessed_before
+    assert [p for p in scratch.iterdir() if p.name.startswith("nnunet_ssl_speed_")] == []
 
 
 def test_benchmark_ssl_and_resume(synthetic_nnunet, tmp_path):

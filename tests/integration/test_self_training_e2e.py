@@ -2,7 +2,7 @@
 deleted: ``nnUNetv2_ssl_self_train`` trains the labelled-only model (nnU-Net), pseudo-labels with nnU-Net's
 predictor, runs two self-training rounds and a labelled-only fine-tune; stock ``nnUNetv2_predict`` loads the
 result. Then the refusals: another model's pseudo-labels, an earlier run, a missing or unfinished labelled-only
-model, a fold without unlabelled cases."""
+model, a fold without unlabelled cases. Last, a 2d run cut off in a self-training stage continues with --c."""
 import json
 import os
 import shutil
@@ -59,6 +59,7 @@ def test_stages_and_where_the_models_are(recipe):
     summary = json.loads((model / "fold_0" / "self_training.json").read_text())
     assert [s["stage"] for s in summary["stages"]] == ["labelled-only", "pseudo", "pseudo", "finetune"]
     assert [s["iterations"] for s in summary["stages"]] == [2, 1, 1, 1] and summary["total_iterations"] == 5
+    assert summary["complete"] and summary["recipe"]["rounds"] == 2 and summary["recipe"]["labeled_checkpoint_sha256"]
     for r in (1, 2):  # earlier rounds are model folders of their own (not validated: --validate last)
         for f in ("fold_0/checkpoint_final.pth", "plans.json", "dataset.json"):
             assert (model / f"self_training_round_{r}" / f).is_file()
@@ -192,3 +193,80 @@ def test_fold_without_unlabelled_cases(recipe, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "no unlabelled cases" in err and str(pre / "splits_final.json") in err and f"{DATA}_unlabeled" in err
     assert sorted(os.listdir(pre)) == before
+
+
+# ------------------------------------------------------------------------------------------ --c: a cut-off run
+# 2d (its own model folders and pseudo-label folder, so the 3d recipe above is untouched); the resume variant
+# writes checkpoint_latest.pth every epoch and crashes after epoch k when NNUNET_SSL_TEST_CRASH_AFTER_EPOCH=k
+RESUME = "nnUNetTrainerSelfTraining_tinyResume"
+ARGS_2D = ["-d", DATASET_ID, "-c", "2d", "-f", "0", "-tr", RESUME, "--labeled-trainer", LABELED, "--epochs", "2",
+           "--iterations-per-epoch", "1", "--finetune-epochs", "1", "--disable-tta", "--validate", "none",
+           "-device", "cpu", "--num-threads", "1"]
+
+
+def _run(recipe, monkeypatch, argv, **env):
+    """The command's run() in this process (training included): its summary."""
+    from nnunet_ssl.self_training.cli import build_parser, run
+    for k, v in [*recipe["env"].items(), *env.items()]:
+        if k.startswith("nnUNet_") or k in env:
+            monkeypatch.setenv(k, v)
+    return run(build_parser().parse_args([str(a) for a in argv]))
+
+
+def _with(argv, option, value):
+    argv = list(argv)
+    argv[argv.index(option) + 1] = value
+    return argv
+
+
+def test_cut_off_stage_continues_with_c(recipe, monkeypatch, capsys, tmp_path):
+    """Round 1 is cut off right after its first epoch's checkpoint_latest.pth; --c continues it from there (epoch 1,
+    not from scratch) without making the labelled-only model or the pseudo-labels again, then runs the fine-tune;
+    --c on the finished run trains nothing. Refused: a plain rerun, --c with another recipe setting, --c with
+    --overwrite."""
+    results = recipe["root"] / "results" / DATASET_NAME
+    model, pseudo = results / f"{RESUME}__nnUNetPlans__2d", recipe["pre"] / "nnUNetPlans_2d_pseudolabels_fold_0"
+    labelled = results / f"{LABELED}__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
+    fold = model / "fold_0"
+    with pytest.raises(RuntimeError, match="simulated crash after epoch 0"):
+        _run(recipe, monkeypatch, [*ARGS_2D, "--train-labeled"], NNUNET_SSL_TEST_CRASH_AFTER_EPOCH="0")
+    monkeypatch.delenv("NNUNET_SSL_TEST_CRASH_AFTER_EPOCH")
+    assert (fold / "checkpoint_latest.pth").is_file() and not (fold / "checkpoint_final.pth").exists()
+    assert json.loads((fold / "self_training.json").read_text())["complete"] is False
+    made = {str(p): p.stat().st_mtime_ns for p in [labelled, *pseudo.rglob("*")]}
+    assert len(made) > 5
+
+    before = _snapshot(model)
+    capsys.readouterr()
+    assert _main(recipe, monkeypatch, ARGS_2D) == 2
+    err = capsys.readouterr().err
+    assert str(fold) in err and "--c to continue" in err and "--overwrite" in err
+    assert _main(recipe, monkeypatch, [*ARGS_2D, "--c", "--overwrite"]) == 2
+    assert "pass one of them" in capsys.readouterr().err
+    assert _main(recipe, monkeypatch, [*_with(ARGS_2D, "--epochs", "3"), "--c"]) == 2
+    err = capsys.readouterr().err
+    assert "--epochs 2" in err and "--epochs 3" in err and str(fold / "self_training.json") in err
+    assert _main(recipe, monkeypatch, [*ARGS_2D, "--c", "--threshold", "0.5"]) == 2
+    assert "--threshold 0.0" in capsys.readouterr().err
+    assert _snapshot(model) == before
+
+    record = tmp_path / "resume.pt"
+    summary = _run(recipe, monkeypatch, [*ARGS_2D, "--c"], NNUNET_SSL_TEST_RECORD_RESUME=str(record))
+    out = capsys.readouterr().out
+    assert "Reusing the pseudo-labels" in out and "continuing the self-training round 1" in out
+    assert load_checkpoint_file(record)["current_epoch"] == 1        # loaded after epoch 0, not started again
+    round_1 = load_checkpoint_file(model / "self_training_round_1" / "fold_0" / "checkpoint_final.pth")
+    assert round_1["current_epoch"] == 2 and len(round_1["logging"]["train_losses"]) == 2
+    assert {str(p): p.stat().st_mtime_ns for p in [labelled, *pseudo.rglob("*")]} == made
+    assert (fold / "checkpoint_final.pth").is_file() and summary["complete"]
+    assert [(s["stage"], s["iterations"]) for s in summary["stages"]] == [("labelled-only", 2), ("pseudo", 2),
+                                                                         ("finetune", 1)]
+    assert summary["stages"][1]["mean_weight"] == pytest.approx(1.0)  # --threshold 0, hard weights
+    assert json.loads((fold / "self_training.json").read_text()) == json.loads(json.dumps(summary))
+    assert not (model / "self_training_round_1" / "fold_0" / "self_training.json").exists()
+
+    before = {k: v for k, v in _snapshot(model).items() if not k.endswith("self_training.json")}
+    again = _run(recipe, monkeypatch, [*ARGS_2D, "--c"])
+    assert "had finished; nothing to train" in capsys.readouterr().out
+    assert {k: v for k, v in _snapshot(model).items() if not k.endswith("self_training.json")} == before
+    assert again["stages"] == summary["stages"] and again["complete"]

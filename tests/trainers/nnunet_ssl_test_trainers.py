@@ -13,6 +13,7 @@ from nnunet_ssl.trainers.boclis import nnUNetTrainerBoCLIS_tiny
 from nnunet_ssl.trainers.cdr import nnUNetTrainerCDR_tiny
 from nnunet_ssl.trainers.crln import nnUNetTrainerCRLN_tiny
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher_tiny
+from nnunet_ssl.trainers.self_training import nnUNetTrainerSelfTraining_tiny
 from nnunet_ssl.trainers.tiny import UnmirroredValidation
 from nnunet_ssl.trainers.ugpl import nnUNetTrainerUGPL_tiny
 
@@ -70,3 +71,7 @@ class nnUNetTrainerCDR_tinyResume(ResumeTestHooks, nnUNetTrainerCDR_tiny):
 
 class nnUNetTrainerUGPL_tinyResume(ResumeTestHooks, nnUNetTrainerUGPL_tiny):
     pass
+
+
+class nnUNetTrainerSelfTraining_tinyResume(ResumeTestHooks, nnUNetTrainerSelfTraining_tiny):
+    """A self-training stage of ``nnUNetv2_ssl_self_train`` cut off and continued with ``--c``."""

@@ -140,3 +140,48 @@ def test_folder_without_manifest_needs_overwrite(tmp_path):
     (tmp_path / "pl").mkdir()
     with pytest.raises(SelfTrainingError, match="manifest is missing"):
         pseudo_labels_to_make(str(tmp_path / "pl"), MODEL_A, PRED, HARD, CASES, False)
+
+
+def test_other_pseudo_labels_under_c_point_at_overwrite_instead(tmp_path):
+    folder = _existing(tmp_path)
+    with pytest.raises(SelfTrainingError, match="--overwrite instead of --c") as e:
+        pseudo_labels_to_make(folder, MODEL_B, PRED, HARD, CASES, False, continuing=True)
+    assert "Pass --overwrite to replace" not in str(e.value)
+
+
+# --------------------------------------------------------------------- --c: the same recipe or a clear refusal
+def _recipe(**changes):
+    from nnunet_ssl.self_training.cli import build_parser, recipe_settings
+    args = build_parser().parse_args(["-d", "1", "-c", "3d_fullres", "-f", "0", "--rounds", "2", "--epochs", "5"])
+    return {**recipe_settings(args, "/r/nnUNetTrainer__nnUNetPlans__3d_fullres", MODEL_A), **changes}
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"epochs": 6}, ["--epochs 5", "--epochs 6"]),
+    ({"epochs": None}, ["--epochs 5", "no --epochs (the trainer's default)"]),
+    ({"rounds": 1}, ["--rounds 2", "--rounds 1"]),
+    ({"disable_tta": True}, ["used no --disable-tta, this command --disable-tta"]),
+    ({"weighting": "confidence"}, ["--weighting hard", "--weighting confidence"]),
+    ({"labeled_model": "/other"}, ["/r/nnUNetTrainer__nnUNetPlans__3d_fullres", "/other", "--labeled-model"]),
+    ({"labeled_checkpoint_sha256": "b" * 64}, ["has changed", "aaaaaaaaaaaa", "bbbbbbbbbbbb"]),
+    ({"labeled_checkpoint_sha256": None}, ["no checkpoint_final.pth any more"]),
+])
+def test_c_refuses_another_recipe(changes, expected):
+    from nnunet_ssl.self_training.cli import check_same_recipe
+    check_same_recipe(_recipe(), _recipe(), "/r/run/fold_0/self_training.json")  # the same: continue
+    with pytest.raises(SelfTrainingError) as e:
+        check_same_recipe(_recipe(), _recipe(**changes), "/r/run/fold_0/self_training.json")
+    message = str(e.value)
+    assert message.startswith("--c: ") and "--overwrite instead of --c" in message
+    for text in expected:
+        assert text in message
+    if "labeled" not in next(iter(changes)):
+        assert "/r/run/fold_0/self_training.json" in message
+
+
+def test_c_and_overwrite_are_refused_together():
+    from nnunet_ssl.self_training.cli import build_parser, run
+    args = build_parser().parse_args(["-d", "1", "-c", "3d_fullres", "-f", "0", "--c", "--overwrite"])
+    assert args.continue_training and args.c == "3d_fullres"   # nnU-Net's --c does not clash with -c
+    with pytest.raises(SelfTrainingError, match="pass one of them"):
+        run(args)
