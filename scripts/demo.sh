@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# End-to-end demo on the built-in synthetic dataset:
+# What the plugin is for, end to end on the built-in synthetic dataset (2d images, two foreground classes):
 #   generate -> nnUNetv2_plan_and_preprocess -> nnUNetv2_ssl_preprocess_unlabeled -> nnUNetv2_ssl_split
-#   -> nnUNetv2_train -tr nnUNetTrainerMeanTeacher_demo -> nnUNetv2_predict -> nnUNetv2_ssl_evaluate
-# Everything is written under demo_work/ (override with WORK=...). Uses the GPU when torch sees one.
+#   -> nnUNetv2_train -tr nnUNetTrainer_demo (labelled-only)  and  -tr nnUNetTrainerCRLN_demo (semi-supervised)
+#   -> nnUNetv2_predict -> nnUNetv2_ssl_evaluate -> both results side by side (scripts/compare_evaluations.py)
+# Both trainers see the same labelled case(s) and train for the same 800 iterations; CRLN also sees the unlabelled
+# pool. Everything is written under demo_work/ (override with WORK=...; TRAINER=... picks another *_demo trainer).
+# Uses the GPU when torch sees one.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 WORK="${WORK:-$REPO/demo_work}"
-TRAINER="${TRAINER:-nnUNetTrainerMeanTeacher_demo}"
+BASELINE=nnUNetTrainer_demo
+TRAINER="${TRAINER:-nnUNetTrainerCRLN_demo}"
+LABELED="${LABELED:-1}"   # labelled training cases of the split
+ID=989; NAME=Dataset989_SyntheticDemo2D
 mkdir -p "$WORK"/{raw,preprocessed,results}
 export nnUNet_raw="$WORK/raw" nnUNet_preprocessed="$WORK/preprocessed" nnUNet_results="$WORK/results"
 eval "$(nnUNetv2_ssl_env)"   # lets the stock nnUNetv2_train / nnUNetv2_predict find the plugin's trainers
@@ -16,26 +22,32 @@ CORES=$(nproc 2>/dev/null || echo 2)
 export nnUNet_def_n_proc="${nnUNet_def_n_proc:-$CORES}"
 echo "== device: $DEVICE, work folder: $WORK"
 
-if [ ! -d "$nnUNet_raw/Dataset990_SyntheticSSL" ]; then
-  python "$REPO/dataset_conversion/generate_synthetic_dataset.py" -d 990 --labeled 12 --unlabeled 12 --test 6 \
-    --shape 32 32 32
+if [ ! -d "$nnUNet_raw/$NAME" ]; then
+  # LABELED + 2 validation cases in imagesTr, 28 unlabelled images (imagesUnlabeled), 20 test images (imagesTs)
+  python "$REPO/dataset_conversion/generate_synthetic_dataset.py" -d $ID --name SyntheticDemo2D --dim 2 \
+    --shape 64 64 --labeled $((LABELED + 2)) --unlabeled 28 --test 20
 fi
-if [ ! -f "$nnUNet_preprocessed/Dataset990_SyntheticSSL/nnUNetPlans.json" ]; then
-  nnUNetv2_plan_and_preprocess -d 990 -c 3d_fullres -np "$nnUNet_def_n_proc" --verify_dataset_integrity
+if [ ! -f "$nnUNet_preprocessed/$NAME/nnUNetPlans.json" ]; then
+  nnUNetv2_plan_and_preprocess -d $ID -c 2d -np "$nnUNet_def_n_proc" --verify_dataset_integrity
 fi
-nnUNetv2_ssl_preprocess_unlabeled -d 990 -c 3d_fullres -np "$nnUNet_def_n_proc"
-# 3 labelled cases per fold; the other training cases' labels are hidden (used only for pseudo-label diagnostics)
-[ -f "$nnUNet_preprocessed/Dataset990_SyntheticSSL/splits_final.json" ] || nnUNetv2_ssl_split -d 990 --labeled 3 --num-val 3
+nnUNetv2_ssl_preprocess_unlabeled -d $ID -c 2d -np "$nnUNet_def_n_proc"
+# fold 0: LABELED labelled cases, 2 validation cases; the unlabelled pool's reference masks (labelsUnlabeled) are
+# used only for the pseudo-label diagnostics in progress_ssl.png, never for training
+[ -f "$nnUNet_preprocessed/$NAME/splits_final.json" ] || nnUNetv2_ssl_split -d $ID --labeled "$LABELED" --num-val 2
 
 if [ "$DEVICE" = cpu ]; then export nnUNet_compile=f; fi
-if [ -f "$nnUNet_results/Dataset990_SyntheticSSL/${TRAINER}__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth" ]; then
-  echo "== $TRAINER fold 0 already trained (delete its folder to retrain)"
-else
-  nnUNetv2_train 990 3d_fullres 0 -tr "$TRAINER" -device "$DEVICE"
-fi
-nnUNetv2_predict -i "$nnUNet_raw/Dataset990_SyntheticSSL/imagesTs" -o "$WORK/predictions_$TRAINER" -d 990 \
-  -c 3d_fullres -tr "$TRAINER" -f 0 -device "$DEVICE" -npp "$nnUNet_def_n_proc" -nps "$nnUNet_def_n_proc" --disable_progress_bar
-nnUNetv2_ssl_evaluate -ref "$nnUNet_raw/Dataset990_SyntheticSSL/labelsTs" -pred "$WORK/predictions_$TRAINER" \
-  -o "$WORK/evaluation_$TRAINER" --overwrite
-echo "== done: $WORK/evaluation_$TRAINER/metrics.md"
-cat "$WORK/evaluation_$TRAINER/metrics.md"
+RESULTS=()
+for tr in "$BASELINE" "$TRAINER"; do
+  if [ -f "$nnUNet_results/$NAME/${tr}__nnUNetPlans__2d/fold_0/checkpoint_final.pth" ]; then
+    echo "== $tr fold 0 already trained (delete its folder to retrain)"
+  else
+    echo "== training $tr"
+    nnUNetv2_train $ID 2d 0 -tr "$tr" -device "$DEVICE"
+  fi
+  nnUNetv2_predict -i "$nnUNet_raw/$NAME/imagesTs" -o "$WORK/predictions_$tr" -d $ID -c 2d -tr "$tr" -f 0 \
+    -device "$DEVICE" -npp "$nnUNet_def_n_proc" -nps "$nnUNet_def_n_proc" --disable_progress_bar
+  nnUNetv2_ssl_evaluate "$nnUNet_raw/$NAME/labelsTs" "$WORK/predictions_$tr" -o "$WORK/evaluation_$tr" --overwrite
+  RESULTS+=("$tr=$WORK/evaluation_$tr/metrics.json")
+done
+echo "== labelled-only vs semi-supervised nnU-Net on the 20 test images ($WORK/comparison.md)"
+python "$REPO/scripts/compare_evaluations.py" "${RESULTS[@]}" -o "$WORK/comparison.md"

@@ -13,7 +13,7 @@ from nnunetv2.utilities.helpers import softmax_helper_dim1
 from nnunet_ssl.diagnostics import pseudo_label_dice
 from nnunet_ssl.losses.pseudo_label import confidence_pseudo_labels, weighted_cross_entropy
 from nnunet_ssl.trainers.base import first_output, nnUNetTrainerSSL, split_batch
-from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, UnmirroredValidation
+from nnunet_ssl.trainers.tiny import DEMO_SCHEDULE, TINY_SCHEDULE, UnmirroredValidation
 
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSSL):
@@ -79,5 +79,5 @@ class nnUNetTrainerMeanTeacher_tiny(UnmirroredValidation, nnUNetTrainerMeanTeach
 
 
 class nnUNetTrainerMeanTeacher_demo(nnUNetTrainerMeanTeacher):
-    """The README demo: 4 epochs of 25 iterations, a few minutes on a 2-core CPU at 32^3."""
-    schedule_overrides = {"num_epochs": 4, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 4}
+    """The demo's schedule (``TRAINER=nnUNetTrainerMeanTeacher_demo bash scripts/demo.sh``)."""
+    schedule_overrides = DEMO_SCHEDULE

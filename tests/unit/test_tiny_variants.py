@@ -49,3 +49,20 @@ def test_test_variants_validate_unmirrored(trainer):
 
 def test_demo_validates_like_nnunet():
     assert not issubclass(nnUNetTrainerMeanTeacher_demo, UnmirroredValidation)
+
+
+def test_demo_pair_trains_the_same_iterations(monkeypatch):
+    """scripts/demo.sh compares labelled-only and CRLN at equal iterations: both demo variants get DEMO_SCHEDULE,
+    the labelled-only one (a stock nnUNetTrainer) after nnU-Net's __init__ has set its own defaults."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunet_ssl.trainers.crln import nnUNetTrainerCRLN_demo
+    from nnunet_ssl.trainers.labeled_only import nnUNetTrainer_demo
+    from nnunet_ssl.trainers.tiny import DEMO_SCHEDULE
+
+    def stock_defaults(self, *args, **kwargs):
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1000, 250, 50
+    monkeypatch.setattr(nnUNetTrainer, "__init__", stock_defaults)
+    labeled_only = nnUNetTrainer_demo({}, "2d", 0, {})
+    assert {k: getattr(labeled_only, k) for k in DEMO_SCHEDULE} == DEMO_SCHEDULE
+    assert nnUNetTrainerCRLN_demo.schedule_overrides == DEMO_SCHEDULE == nnUNetTrainerMeanTeacher_demo.schedule_overrides
+    assert not issubclass(nnUNetTrainerCRLN_demo, UnmirroredValidation)

@@ -2,7 +2,7 @@
 import dataclasses
 
 from nnunet_ssl.trainers.crln.trainer import nnUNetTrainerCRLN
-from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, UnmirroredValidation
+from nnunet_ssl.trainers.tiny import DEMO_SCHEDULE, TINY_SCHEDULE, UnmirroredValidation
 
 
 class nnUNetTrainerCRLN_noStrongView(nnUNetTrainerCRLN):
@@ -73,3 +73,8 @@ class nnUNetTrainerCRLN_tiny(UnmirroredValidation, nnUNetTrainerCRLN):
     rectification_start_iteration = 3
     cps_num_anchors = 16
     cps_num_negatives = 32
+
+
+class nnUNetTrainerCRLN_demo(nnUNetTrainerCRLN):
+    """The semi-supervised side of ``scripts/demo.sh``: CRLN on the demo's schedule (as ``nnUNetTrainer_demo``)."""
+    schedule_overrides = DEMO_SCHEDULE
