@@ -4,16 +4,16 @@
 # preprocessing -> scripts/benchmark_ssl.py (labelled-only, fully supervised and semi-supervised nnU-Net on one
 # held-out block) -> the table of every finished run (scripts/benchmark_table.py).
 #
-#   bash scripts/benchmark_la.sh [--spacing 3.5|full] [--budgets 8] [--iterations 2000] [--seeds 0 1]
+#   bash scripts/benchmark_la.sh [--spacing 3.5|full] [--budgets 4] [--iterations 2000] [--seeds 0 1]
 #        [--trainers nnUNetTrainerMeanTeacher ...] [--no-baseline] [--no-full] [--h5 DIR] [--work DIR]
 #        [--record DIR] [--device cpu|cuda] [--threads N]
 #
-# Defaults are the CPU protocol of README "Accuracy on a CPU": 3.5 mm, 8 labelled, 16 held out, 2000 iterations,
+# Defaults are the CPU protocol of README "Accuracy on a CPU": 3.5 mm, 4 labelled, 16 held out, 2000 iterations,
 # seed 0. `--spacing full` uses nnU-Net's default plans (0.625 mm, the papers' setting; needs a GPU). Finished
 # runs are skipped and cut-off runs continue from their last epoch, so the command can be repeated to grow the table.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
-SPACING=3.5; BUDGETS=(8); ITERATIONS=2000; SEEDS=(0); TRAINERS=(); EXTRA=(); DEVICE=()
+SPACING=3.5; BUDGETS=(4); ITERATIONS=2000; SEEDS=(0); TRAINERS=(); EXTRA=(); DEVICE=()
 H5="$REPO/../shared/data/LA_h5"; WORK="${WORK:-$REPO/bench_work/LA}"; RECORD=""
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -52,6 +52,16 @@ def test_rows_seed_spread_and_gap(records):
     assert order == ["nnUNetTrainer", "nnUNetTrainerCRLN", "nnUNetTrainerMeanTeacher", "nnUNetTrainer"]
 
 
+def test_full_supervision_row_gives_the_gap_of_every_budget(records):
+    folder = records / "budget_4"
+    folder.mkdir()
+    for seed, dice in ((0, 0.79), (1, 0.80)):
+        (folder / f"nnUNetTrainer__seed{seed}.json").write_text(json.dumps(record("nnUNetTrainer", seed, dice, "4")))
+    table = table_script.markdown_table(table_script.load_records(str(records)))
+    # 87.5 - 79.5 = 8.00 over 4 labelled, 87.5 - 84.25 = 3.25 over 8 labelled, in budget order
+    assert "| the gap: +8.00 over 4 labelled, +3.25 over 8 labelled |" in row(table, "nnUNetTrainer", "all")
+
+
 def test_readme_markers_are_replaced_and_missing_markers_refused(records, tmp_path):
     readme = tmp_path / "README.md"
     name = records.name
