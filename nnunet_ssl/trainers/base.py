@@ -74,6 +74,15 @@ SSL_CHECKPOINT_KEYS = ("student_weights", "teacher_weights", "extra_modules", "e
                        "ssl_export_weights")
 
 
+def apply_schedule(trainer: nnUNetTrainer, schedule: Dict[str, object]) -> None:
+    """Set schedule attributes (``num_epochs``, ...) after nnU-Net's ``__init__`` gave them its defaults; a name
+    nnU-Net's trainer does not have is refused rather than silently added."""
+    for k, v in schedule.items():
+        if not hasattr(trainer, k):
+            raise AttributeError(f"{type(trainer).__name__}: schedule sets unknown attribute '{k}'")
+        setattr(trainer, k, v)
+
+
 class nnUNetTrainerSSL(nnUNetTrainer):
     # --- unlabelled stream ------------------------------------------------------------------------------------
     unlabeled_batch_size: Optional[int] = None  # None: labelled batch size x unlabeled_ratio
@@ -111,10 +120,7 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        for k, v in self.schedule_overrides.items():
-            if not hasattr(self, k):
-                raise AttributeError(f"{type(self).__name__}.schedule_overrides sets unknown attribute '{k}'")
-            setattr(self, k, v)
+        apply_schedule(self, self.schedule_overrides)
         if self.export_weights not in ("teacher", "student"):
             raise ValueError(f"{type(self).__name__}.export_weights must be 'teacher' or 'student', "
                              f"got {self.export_weights!r}")

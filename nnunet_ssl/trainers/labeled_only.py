@@ -3,6 +3,7 @@ compares it with a semi-supervised ``*_demo`` variant at the same number of iter
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_ssl.trainers.base import apply_schedule
 from nnunet_ssl.trainers.tiny import DEMO_SCHEDULE
 
 
@@ -10,5 +11,4 @@ class nnUNetTrainer_demo(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        for name, value in DEMO_SCHEDULE.items():
-            setattr(self, name, value)
+        apply_schedule(self, DEMO_SCHEDULE)

@@ -24,7 +24,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_ssl.self_training.store import pseudo_label_folder, read_pseudo_manifest
 from nnunet_ssl.self_training.weighting import WeightedPseudoLabelLoss, decode_weights
-from nnunet_ssl.trainers.base import first_output, nnUNetTrainerSSL, split_batch
+from nnunet_ssl.trainers.base import apply_schedule, first_output, nnUNetTrainerSSL, split_batch
 from nnunet_ssl.trainers.tiny import TINY_SCHEDULE, UnmirroredValidation
 
 STAGES = ("pseudo", "finetune")
@@ -136,4 +136,4 @@ class nnUNetTrainerLabeledOnly_tiny(UnmirroredValidation, nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
+        apply_schedule(self, {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1})

@@ -66,3 +66,15 @@ def test_demo_pair_trains_the_same_iterations(monkeypatch):
     assert {k: getattr(labeled_only, k) for k in DEMO_SCHEDULE} == DEMO_SCHEDULE
     assert nnUNetTrainerCRLN_demo.schedule_overrides == DEMO_SCHEDULE == nnUNetTrainerMeanTeacher_demo.schedule_overrides
     assert not issubclass(nnUNetTrainerCRLN_demo, UnmirroredValidation)
+
+
+def test_apply_schedule_refuses_a_name_nnunet_does_not_have():
+    from nnunet_ssl.trainers.base import apply_schedule
+
+    class Trainer:
+        num_epochs = 1000
+    trainer = Trainer()
+    apply_schedule(trainer, {"num_epochs": 3})
+    assert trainer.num_epochs == 3
+    with pytest.raises(AttributeError, match="num_epoch'"):
+        apply_schedule(trainer, {"num_epoch": 3})  # a typo would otherwise leave nnU-Net's 1000 epochs in place
