@@ -14,8 +14,8 @@ from nnunet_ssl.losses.contrastive import info_nce
 from nnunet_ssl.losses.supervised_contrastive import supervised_contrastive_loss
 from nnunet_ssl.modules.heads import ProjectionHead
 from nnunet_ssl.trainers.boclis import (ClassMemoryQueue, aggregate_teacher_predictions, boclis_contrastive_loss,
-                                        encode_patches, encoder_stage_channels, nnUNetTrainerBoCLIS,
-                                        patch_encoder_depth, reliability_weighted_cross_entropy)
+                                        contrast_patch_size, encode_patches, encoder_stage_channels,
+                                        nnUNetTrainerBoCLIS, patch_encoder_depth, reliability_weighted_cross_entropy)
 
 
 def _probs(*teachers):
@@ -229,6 +229,16 @@ def test_patch_encoder_depth_keeps_two_voxels():
     assert patch_encoder_depth(Enc, (2, 32, 32)) == 2             # the 3rd would leave 1 slice
     with pytest.raises(ValueError, match="contrast_patch_size"):
         patch_encoder_depth(Enc, (1, 32, 32))
+
+
+def test_contrast_patch_size_is_capped_by_the_training_patch():
+    assert contrast_patch_size(None, (16, 28, 36)) == (16, 28, 32)      # LA at 3.5 mm: no upsampling beyond it
+    assert contrast_patch_size(None, (80, 112, 112)) == (32, 32, 32)    # the paper's 32³
+    assert contrast_patch_size(None, (48, 512)) == (48, 64)            # 2D: 64², capped the same way
+    assert contrast_patch_size(32, (16, 28, 36)) == (32, 32, 32)        # explicit: as given (_patch32 variant)
+    assert contrast_patch_size((8, 16, 16), (16, 28, 36)) == (8, 16, 16)
+    with pytest.raises(ValueError, match="3 entries"):
+        contrast_patch_size((16, 16), (16, 28, 36))
 
 
 def test_patch_set_shapes_and_unit_embeddings():

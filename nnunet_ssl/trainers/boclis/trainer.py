@@ -16,8 +16,8 @@ from nnunet_ssl.modules.heads import ProjectionHead
 from nnunet_ssl.trainers.base import first_output, nnUNetTrainerSSL, split_batch
 from nnunet_ssl.trainers.boclis.losses import (aggregate_teacher_predictions, boclis_contrastive_loss,
                                                reliability_weighted_cross_entropy, TeacherAggregate)
-from nnunet_ssl.trainers.boclis.network import (ClassMemoryQueue, encode_patches, encoder_stage_channels,
-                                                patch_encoder_depth)
+from nnunet_ssl.trainers.boclis.network import (ClassMemoryQueue, contrast_patch_size, encode_patches,
+                                                encoder_stage_channels, patch_encoder_depth)
 
 
 class nnUNetTrainerBoCLIS(nnUNetTrainerSSL):
@@ -41,7 +41,7 @@ class nnUNetTrainerBoCLIS(nnUNetTrainerSSL):
     contrast_weight: float = 0.1                # λ_c max
     contrast_rampup: float = 0.4
     contrast_temperature: float = 0.07          # τ
-    contrast_patch_size: Union[None, int, Tuple[int, ...]] = None  # None: 32³ (3d) / 64² (2d); int: every axis
+    contrast_patch_size: Union[None, int, Tuple[int, ...]] = None  # None: 32³/64², capped by the patch
     contrast_projection_dim: int = 128
     contrast_anchor_regions: Tuple[str, ...] = ("edge",)
     contrast_include_background: bool = True
@@ -95,13 +95,10 @@ class nnUNetTrainerBoCLIS(nnUNetTrainerSSL):
         return {name: EMATeacher(self.network, decay) for name, decay in zip(self.teacher_names(), decays)}
 
     def _patch_size(self) -> Tuple[int, ...]:
-        ndim = len(self.configuration_manager.patch_size)
-        size = self.contrast_patch_size or (32 if ndim == 3 else 64)
-        size = (size,) * ndim if isinstance(size, int) else tuple(size)
-        if len(size) != ndim:
-            raise ValueError(f"{type(self).__name__}.contrast_patch_size {size} must have {ndim} entries for the "
-                             f"{self.configuration_name} configuration")
-        return tuple(int(s) for s in size)
+        try:
+            return contrast_patch_size(self.contrast_patch_size, self.configuration_manager.patch_size)
+        except ValueError as e:
+            raise ValueError(f"{type(self).__name__}.{e} ({self.configuration_name} configuration)") from None
 
     def build_extra_modules(self) -> Dict[str, nn.Module]:
         if not self.use_contrast:

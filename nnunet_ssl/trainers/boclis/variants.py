@@ -33,6 +33,11 @@ class nnUNetTrainerBoCLIS_noContrast(nnUNetTrainerBoCLIS):
     use_contrast = False
 
 
+class nnUNetTrainerBoCLIS_patch32(nnUNetTrainerBoCLIS):
+    """The paper's fixed 32³ (64² in 2D) region crops, also where the training patch is smaller on an axis."""
+    contrast_patch_size = 32
+
+
 class nnUNetTrainerBoCLIS_tiny(UnmirroredValidation, nnUNetTrainerBoCLIS):
     """CPU smoke/test variant: 2 epochs x 3 iterations, 16³ / 16² contrast patches."""
     schedule_overrides = {**TINY_SCHEDULE, "contrast_patch_size": 16}
