@@ -18,8 +18,9 @@ Deviations (spec §9 allows or leaves open): the projection head is the shared `
 LeakyReLU, no BatchNorm, L2-normalised) instead of Linear-BN-ReLU-Linear; patches are encoded down to the deepest
 encoder stage that keeps ≥ 2 voxels per axis (nnU-Net's bottleneck would be 1 voxel for a 32³ crop, where
 InstanceNorm is undefined); the crops are resized to no more than the training patch per axis (32³ crops of a
-smaller patch add voxels, not detail; ``_patch32`` keeps the fixed size); the strong view is the weak view plus nnU-Net's intensity transforms (noise, blur,
-gamma, ...) and the paper's ColorJitter brightness/contrast (U(0.2, 1.8) on the [0, 1]-mapped image).
+smaller patch add voxels, not detail; ``_patch32`` keeps the fixed size); the strong view is the weak view plus
+nnU-Net's intensity transforms (noise, blur, gamma, ...) and the paper's ColorJitter brightness/contrast
+(U(0.2, 1.8) on the [0, 1]-mapped image).
 
 Limitation: the patch encoder pass uses the unwrapped student encoder outside DDP's forward, so multi-GPU (DDP)
 training is untested and likely needs DDP's ``find_unused_parameters``/static-graph handling; single-GPU is the
