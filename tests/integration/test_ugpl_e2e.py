@@ -44,7 +44,7 @@ def test_train_resume_predict_averages_both_networks(synthetic_nnunet, monkeypat
     logging = final["logging"]
     for key in ("sup_a", "sup_b", "cr_loss", "unsup_loss", "kl_loss", "cos_loss", "proto_loss", "tau_a", "tau_b",
                 "kept_share", "unsup_rescale", "loser_is_b", "kl_weight_mean", "proto_weight",
-                "reliable_voxels_c1", "proto_candidates_c1", "pseudo_label_dice", "pseudo_label_dice_all"):
+                "reliable_voxels_c1", "proto_candidates_c1", "pseudo_label_dice", "pseudo_label_dice_kept"):
         assert len(logging[key]) == 2, key
     ramp = nnUNetTrainerUGPL.proto_ramp_fraction
     assert logging["proto_weight"][0] == pytest.approx(np.mean([prototype_weight(s, 6, 0.1, ramp) for s in (0, 1, 2)]))

@@ -298,6 +298,27 @@ def test_unlabelled_pseudo_label_loss_trains_both_networks():
     assert all(g > 0 for g in grad_norms(pair))
 
 
+def test_pseudo_label_dice_is_over_every_voxel_and_kept_dice_over_the_entropy_filter():
+    """The benchmark table compares pseudo_label_dice across trainers: like theirs it covers every unlabelled voxel;
+    the entropy-kept voxels (the CE term's) get their own key."""
+    pair, z_a, z_b, f_a, f_b, seg = forward_pair()
+    truth = torch.randint(0, 2, (2, 16, 16))
+    _, diag = make_trainer().ugpl_terms(z_a, z_b, f_a, f_b, seg, truth_u=truth)
+    with torch.no_grad():
+        p_a, p_b = torch.softmax(z_a[2:], 1), torch.softmax(z_b[2:], 1)
+        pseudo = union_pseudo_labels(p_a, p_b)
+        kept, _, _ = entropy_keep_mask(softmax_entropy(p_a), softmax_entropy(p_b), 80)
+
+    def fg_dice(mask):
+        p, t = (pseudo == 1) & mask, (truth == 1) & mask
+        return 2.0 * (p & t).sum().item() / (p.sum() + t.sum()).item()
+
+    every, only_kept = fg_dice(torch.ones_like(kept)), fg_dice(kept)
+    assert every != pytest.approx(only_kept)  # the test tells the two apart
+    assert diag["pseudo_label_dice"].item() == pytest.approx(every, abs=TOL)
+    assert diag["pseudo_label_dice_kept"].item() == pytest.approx(only_kept, abs=TOL)
+
+
 def test_prototype_loss_trains_the_loser_only():
     pair, z_a, z_b, f_a, f_b, seg = forward_pair()
     losses, diag = make_trainer(proto_sample_fraction=1.0).ugpl_terms(z_a, z_b, f_a, f_b, seg)

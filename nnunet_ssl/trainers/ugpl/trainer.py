@@ -52,7 +52,7 @@ class nnUNetTrainerUGPL(nnUNetTrainerDualSSL):
     ssl_log_keys = nnUNetTrainerDualSSL.ssl_log_keys + (
         "cr_loss", "kl_loss", "cos_loss", "proto_loss", "sup_a", "sup_b", "dice_loss_a", "dice_loss_b",
         "loser_is_b", "tau_a", "tau_b", "kept_share", "unsup_rescale", "kl_weight_mean", "proto_weight",
-        "pseudo_label_dice_all")
+        "pseudo_label_dice_kept")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -234,7 +234,8 @@ class nnUNetTrainerUGPL(nnUNetTrainerDualSSL):
             diag[f"reliable_voxels_c{c}"] = reliable_counts[c]
             diag[f"proto_candidates_c{c}"] = candidate_counts[c]
 
-        # pseudo-label quality against hidden reference labels (diagnostics only)
-        diag["pseudo_label_dice"] = pseudo_label_dice(pseudo, truth_u, num_classes, kept)
-        diag["pseudo_label_dice_all"] = pseudo_label_dice(pseudo, truth_u, num_classes)
+        # pseudo-label quality against hidden reference labels (diagnostics only): over every voxel, as every
+        # trainer logs it (comparable across rows), and over the entropy-kept voxels that the CE term uses
+        diag["pseudo_label_dice"] = pseudo_label_dice(pseudo, truth_u, num_classes)
+        diag["pseudo_label_dice_kept"] = pseudo_label_dice(pseudo, truth_u, num_classes, kept)
         return losses, diag
