@@ -13,9 +13,10 @@ from nnunet_ssl.modules.dual import DualNetwork
 from nnunet_ssl.trainers import cdr
 from nnunet_ssl.trainers.base import first_output
 from nnunet_ssl.trainers.cdr import (disagreement_review_loss, disagreement_weights, flatten_regions, leader_is_a,
-                                     nnUNetTrainerCDR, nnUNetTrainerCDR_singleNetwork, pool_regions, region_grid,
-                                     regional_info_nce, regional_kd_target, sharpen, squared_dice_loss,
-                                     symmetric_region_nce, voxel_disagreement)
+                                     negative_share, nnUNetTrainerCDR, nnUNetTrainerCDR_singleNetwork,
+                                     patch_scaled_region_size, pool_regions, region_grid, regional_info_nce,
+                                     regional_kd_target, sharpen, squared_dice_loss, symmetric_region_nce,
+                                     voxel_disagreement)
 from nnunet_ssl.trainers.dual_base import PLAIN
 
 
@@ -77,6 +78,27 @@ def test_region_grid_geometry():
     assert region_grid((8, 32, 32), 16) == (1, 2, 2)  # window clipped to a short axis
     with pytest.raises(ValueError, match="region_size"):
         region_grid((32, 32, 32), (16, 16))
+
+
+def test_patch_scaled_region_size_keeps_the_spec_grid():
+    assert patch_scaled_region_size((112, 112, 80)) == 16  # the spec's patch: its 16-voxel windows, 245 regions
+    assert region_grid((112, 112, 80), patch_scaled_region_size((112, 112, 80))) == (7, 7, 5)
+    assert patch_scaled_region_size((16, 28, 36)) == 6  # LA at 3.5 mm: ceil(36 / 7)
+    assert region_grid((16, 28, 36), 6) == (3, 5, 6)  # 90 regions per image instead of 6 with a fixed 16
+    assert region_grid((16, 28, 36), 16) == (1, 2, 3)
+    assert patch_scaled_region_size((256, 224)) == 37  # 2D
+    assert patch_scaled_region_size((4, 5, 6)) == 1
+    with pytest.raises(ValueError, match="regions_along_longest_axis"):
+        patch_scaled_region_size((16, 28, 36), 0)
+
+
+def test_negative_share_hand_values():
+    # 3 background regions see 1 of their 3 others as a negative, the foreground one all 3: (3 * 1/3 + 1) / 4
+    assert negative_share(4, torch.tensor([0, 0, 0, 1]), 2).item() == pytest.approx(0.5)
+    assert negative_share(4, torch.tensor([0, 0, 0, 0]), 2).item() == 0.0  # one class: no negatives at all
+    assert negative_share(3, torch.tensor([0, 1, 2]), 3).item() == pytest.approx(1.0)
+    assert negative_share(4, None).item() == 1.0  # no class masking: every other region
+    assert negative_share(1, None).item() == 0.0
 
 
 def test_pool_regions_constant_and_partial_windows():
@@ -248,6 +270,41 @@ def test_inter_and_intra_terms_reach_each_network():
         losses, _ = t.compute_losses(*_batch(2), truth_u=None)
         losses[term].backward()
         assert _grad_norm(t.student.net_a) > 0 and _grad_norm(t.student.net_b) > 0, term
+
+
+def _atrium_like_forward(shape):
+    """Stand-in for both networks: a confident 8 x 12 x 16 foreground blob (about 10 % of a 16 x 28 x 36 patch,
+    like the atrium in LA's 3.5 mm patches) and random decoder features."""
+    fg = torch.zeros(1, 1, *shape)
+    fg[..., 4:12, 8:20, 10:26] = 1
+
+    def forward(k, x):
+        n = x.shape[0]
+        logits = 4 * torch.cat((1 - fg, fg, torch.zeros_like(fg)), 1).expand(n, -1, -1, -1, -1)
+        feats = torch.randn(n, 4, *shape)
+        return [logits, logits[:, :, ::2, ::2, ::2]], feats
+    return forward, fg
+
+
+@pytest.mark.parametrize("region_size, alive", [(None, True), (16, False)])
+def test_regional_contrast_is_alive_on_a_small_structure_with_patch_scaled_regions(region_size, alive):
+    # LA at 3.5 mm: with fixed 16-voxel windows no region is foreground-dominant, same-class masking leaves no
+    # negative and both InfoNCE terms are exactly 0 (the CDR row's logs); windows scaled with the patch keep them
+    shape = (16, 28, 36)
+    torch.manual_seed(3)
+    t = bare_trainer(nnUNetTrainerCDR, unsup_rampup=0.0, region_size=region_size)
+    t._forward_with_features, fg = _atrium_like_forward(shape)
+    data = torch.randn(2, 1, *shape)
+    seg = fg.expand(2, -1, -1, -1, -1)
+    losses, diag = t.compute_losses(data, [seg, seg[:, :, ::2, ::2, ::2]], torch.randn(2, 1, *shape), truth_u=None)
+    if alive:
+        assert 0 < diag["nce_negative_share"].item() < 1
+        assert diag["inter_nce"].item() > 0.1 and diag["intra_nce"].item() > 0.1
+        losses["inter"].backward()
+        assert _grad_norm(t.extra_modules["head_a"]) > 0 and _grad_norm(t.extra_modules["head_b"]) > 0
+    else:
+        assert diag["nce_negative_share"].item() == 0.0
+        assert diag["inter_nce"].item() == 0.0 and diag["intra_nce"].item() == 0.0
 
 
 def test_detached_noisy_pass_runs_without_gradient_and_still_trains_both_networks():

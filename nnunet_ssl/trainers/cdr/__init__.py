@@ -8,7 +8,8 @@ reconstruction of the paper's region-based contrastive distillation [A]:
 * MCF base: nnU-Net's supervised loss on both; the network with the lower (squared-denominator) Dice loss on the
   labelled images *leads* this step; a disagreement-masked review loss on labelled voxels; the leader's sharpened
   (T=0.1) unlabelled prediction is an MSE target for the other network only (sigmoid ramp);
-* CDR: regions are non-overlapping windows (``avg_pool`` of size ``region_size``); a region has a pooled class
+* CDR: regions are non-overlapping windows (``avg_pool`` of size ``region_size``; default the longest patch axis / 7,
+  the spec's 16 at its 112 x 112 x 80 patch, so the grid does not collapse on coarse plans); a region has a pooled class
   probability vector and an embedding (pooled last decoder features -> projection head, L2-normalised).
   Inter-network InfoNCE pairs the same region of the same image in the two networks (negatives: every other
   region of the batch), intra-network InfoNCE pairs a region across two passes of one network (the second on a

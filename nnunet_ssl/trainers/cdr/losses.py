@@ -45,6 +45,15 @@ def sharpen(probs: torch.Tensor, temperature: float, dim: int = 1) -> torch.Tens
 
 
 # --------------------------------------------------------------------------------------------- regions [A]
+def patch_scaled_region_size(spatial_shape: Sequence[int], regions_along_longest_axis: int = 7) -> int:
+    """Window edge that keeps CDR's region grid when the patch changes: the longest patch axis over
+    ``regions_along_longest_axis`` (rounded up). 7 gives the spec's 16 at its 112 x 112 x 80 patch (245 regions);
+    a fixed 16 at LA's 3.5 mm plans (16 x 28 x 36) gives 6 regions per image, none of which the atrium dominates."""
+    if regions_along_longest_axis < 1:
+        raise ValueError(f"regions_along_longest_axis must be a positive int, got {regions_along_longest_axis!r}")
+    return max(1, math.ceil(max(spatial_shape) / regions_along_longest_axis))
+
+
 def region_kernel(spatial_shape: Sequence[int], region_size) -> Tuple[int, ...]:
     """Window size per axis: ``region_size`` (int or per-axis), clipped to the patch."""
     sizes = [region_size] * len(spatial_shape) if isinstance(region_size, int) else list(region_size)
@@ -100,6 +109,20 @@ def regional_info_nce(anchors: torch.Tensor, targets: torch.Tensor, temperature:
     if region_class is not None:
         negatives &= region_class[:, None] != region_class[None, :]
     return info_nce(anchors, targets, targets, temperature, negative_mask=negatives, anchor_weights=weights)
+
+
+def negative_share(num_regions: int, region_class: torch.Tensor = None, num_classes: int = None) -> torch.Tensor:
+    """Mean over anchors of the share of the other regions that are its InfoNCE negatives: 1 without class
+    masking, 0 when every region of the batch has one dominant class (the InfoNCE is then exactly 0).
+    ``region_class`` (R,) long in [0, num_classes). Counted by comparison with ``arange`` (``bincount`` would
+    sync with the host on CUDA)."""
+    if num_regions < 2:
+        return torch.tensor(0.0)
+    if region_class is None:
+        return torch.tensor(1.0)
+    classes = torch.arange(num_classes, device=region_class.device)
+    same_class = (region_class[:, None] == classes[None, :]).sum(0)[region_class]
+    return ((num_regions - same_class) / (num_regions - 1)).float().mean()
 
 
 def symmetric_region_nce(z_a: torch.Tensor, z_b: torch.Tensor, temperature: float, weights: torch.Tensor = None,

@@ -11,7 +11,8 @@ from nnunet_ssl.modules.features import DecoderFeatureTap, decoder_stage_channel
 from nnunet_ssl.modules.heads import ProjectionHead
 from nnunet_ssl.trainers.base import first_output, split_batch
 from nnunet_ssl.trainers.cdr.losses import (directed_by_leader, disagreement_review_loss, disagreement_weights,
-                                            flatten_regions, leader_is_a, pool_regions, regional_info_nce,
+                                            flatten_regions, leader_is_a, negative_share,
+                                            patch_scaled_region_size, pool_regions, regional_info_nce,
                                             regional_kd_target, sharpen, squared_dice_loss, symmetric_region_nce,
                                             voxel_disagreement, weighted_mse)
 from nnunet_ssl.trainers.cdr.network import FirstNetworkOnly
@@ -29,7 +30,8 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
     sharpen_temperature = 0.1        # T of the leader's pseudo-labels (voxels and regions)
     use_mcf_consistency = True       # voxel MSE of the other net to the leader's sharpened prediction
     # --- CDR regions and contrast [A] -------------------------------------------------------------------
-    region_size = 16                 # window edge (int or per axis); try 8 for small structures
+    region_size = None               # window edge (int or per axis); None: scaled with the patch (below)
+    regions_along_longest_axis = 7   # region_size None: edge = longest patch axis / 7, the spec's 16 at 112x112x80
     embedding_dim = 64               # projection head output (and hidden) width
     contrast_temperature = 0.1       # τ of the InfoNCE terms; alternatives 0.07, 0.2
     contrast_weight = 0.1            # λ_c max
@@ -50,7 +52,7 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
 
     ssl_log_keys = ("sup_b_loss", "review_loss", "cons_loss", "rkd_loss", "inter_loss", "intra_loss",
                     "unsup_weight", "contrast_weight", "agreement", "a_led", "pseudo_label_dice",
-                    "region_disagreement", "inter_nce", "intra_nce")
+                    "region_disagreement", "inter_nce", "intra_nce", "nce_negative_share")
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -99,8 +101,13 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
         out = self.forward_a(x) if k == "a" else self.forward_b(x)
         return out, tap.pop()[-1]
 
-    def _region_embeddings(self, k: str, features: torch.Tensor) -> torch.Tensor:
-        pooled = pool_regions(features, self.region_size)  # pool first: the head is 1x1, so this is cheap
+    def _region_size(self, spatial_shape):
+        if self.region_size is not None:
+            return self.region_size
+        return patch_scaled_region_size(spatial_shape, self.regions_along_longest_axis)
+
+    def _region_embeddings(self, k: str, features: torch.Tensor, region_size) -> torch.Tensor:
+        pooled = pool_regions(features, region_size)  # pool first: the head is 1x1, so this is cheap
         return flatten_regions(self.extra_modules[f"head_{k}"](pooled))
 
     # ------------------------------------------------------------------------------------------------ losses
@@ -155,15 +162,16 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
             diag.update(agreement=torch.tensor(NAN), a_led=torch.tensor(NAN), pseudo_label_dice=torch.tensor(NAN))
 
         # ---- CDR: regions of all B_l + B_u images
-        q = {k: flatten_regions(pool_regions(probs[k], self.region_size)) for k in nets}
-        z = {k: self._region_embeddings(k, feats[k]) for k in nets}
+        region_size = self._region_size(x.shape[2:])
+        q = {k: flatten_regions(pool_regions(probs[k], region_size)) for k in nets}
+        z = {k: self._region_embeddings(k, feats[k], region_size) for k in nets}
         if self.single_network:
             weights = torch.ones(q["a"].shape[0], device=x.device)
             diag["region_disagreement"] = torch.tensor(NAN)
         else:
             with torch.no_grad():
                 region_d = flatten_regions(pool_regions(
-                    voxel_disagreement(probs["a"], probs["b"], self.disagreement_measure), self.region_size))[:, 0]
+                    voxel_disagreement(probs["a"], probs["b"], self.disagreement_measure), region_size))[:, 0]
             weights = disagreement_weights(region_d, self.disagreement_beta)
             diag["region_disagreement"] = region_d.mean()
         keep = None
@@ -175,9 +183,11 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
         if self.mask_same_class_negatives:
             with torch.no_grad():
                 region_class = pick(sum(q.values()).argmax(1))
+        with torch.no_grad():  # 0: the InfoNCE terms are inert (one dominant class in the batch)
+            diag["nce_negative_share"] = negative_share(pick(weights).shape[0], region_class, num_classes)
         if not self.single_network and self.use_regional_kd:
             def target(k):
-                return regional_kd_target(probs[k].detach(), self.region_size, self.sharpen_temperature,
+                return regional_kd_target(probs[k].detach(), region_size, self.sharpen_temperature,
                                           self.regional_kd_sharpen_first)
             losses["rkd"] = lam * directed_by_leader(lead_a, weighted_mse(q["b"], target("a"), weights),
                                                      weighted_mse(q["a"], target("b"), weights))
@@ -194,7 +204,7 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
             for k in nets:
                 with torch.set_grad_enabled(self.intra_noisy_pass_grad):
                     _, feats_noisy = self._forward_with_features(k, x + noise)
-                    z_noisy = self._region_embeddings(k, feats_noisy)
+                    z_noisy = self._region_embeddings(k, feats_noisy, region_size)
                 if self.intra_noisy_pass_grad:
                     nce_1, nce_2 = symmetric_region_nce(pick(z[k]), pick(z_noisy), self.contrast_temperature,
                                                         pick(weights), "targets", region_class=region_class)

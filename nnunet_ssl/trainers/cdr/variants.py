@@ -39,6 +39,11 @@ class nnUNetTrainerCDR_allRegionNegatives(nnUNetTrainerCDR):
     mask_same_class_negatives = False
 
 
+class nnUNetTrainerCDR_region16(nnUNetTrainerCDR):
+    """Before 0.2: 16-voxel windows whatever the patch (6 regions per image at LA's 3.5 mm plans)."""
+    region_size = 16
+
+
 class nnUNetTrainerCDR_leaderStopGrad(nnUNetTrainerCDR):
     """MCF-faithful inter contrast: only the non-leading network is pulled."""
     inter_stop_gradient = "leader"
