@@ -24,6 +24,13 @@ class nnUNetTrainerCRLN_noCPS(nnUNetTrainerCRLN):
     use_cps = False
 
 
+class nnUNetTrainerCRLN_lowCPSWeight(nnUNetTrainerCRLN):
+    """CPS at a tenth of the code's weight (0.05). Measured on LA's 3.5 mm plans with the 4-labelled CRLN run's final
+    checkpoint: the CPS term's gradient norm was about 10x that of the supervised and of the unlabelled term (at
+    initialisation a fifth of the supervised one), so late in training the contrastive term drove the network."""
+    cps_weight = 0.05
+
+
 class nnUNetTrainerCRLN_posMean(nnUNetTrainerCRLN):
     """Ablation (Tab. 5 'MR'): CPS positives from the class-mean embedding only."""
     cps_positive = "mean"
