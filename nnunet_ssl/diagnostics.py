@@ -62,3 +62,17 @@ def plot_ssl_progress(logging: Dict[str, list], keys: Sequence[str], output_file
 def nanmean_or_nan(values: Iterable[float]) -> float:
     arr = np.asarray(list(values), dtype=float)
     return float(np.nanmean(arr)) if np.any(~np.isnan(arr)) else float("nan")
+
+
+def term_gradient_norms(losses: Dict[str, torch.Tensor], params: Sequence[torch.Tensor]) -> Dict[str, float]:
+    """L2 norm of each loss term's gradient over ``params`` (one ``autograd.grad`` per term, the graph kept), to
+    see which term moves a network: parameters a term does not reach count as 0."""
+    params = [p for p in params if p.requires_grad]
+    norms = {}
+    for name, loss in losses.items():
+        if not loss.requires_grad:
+            norms[name] = 0.0
+            continue
+        grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+        norms[name] = math.sqrt(sum(float((g.detach().float() ** 2).sum()) for g in grads if g is not None))
+    return norms

@@ -459,7 +459,9 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         for name, teacher in self.teachers.items():
             teacher.update(self.network)
 
-    def train_step(self, batch: dict) -> dict:
+    def ssl_batch(self, batch: dict):
+        """(data_l, target_l, data_u, truth_u) on the device for ``compute_losses``: draws this step's unlabelled
+        batch and keeps the loader-made strong input in ``_strong_input_u`` (reset it after ``compute_losses``)."""
         batch_u = next(self.dataloader_unlabeled)
         self.on_unlabeled_batch(batch_u)
         data_l = self._to_device(batch["data"])
@@ -467,7 +469,10 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         data_u = self._to_device(batch_u["data"])
         if self.loader_makes_strong_copy():  # channels: weak view, then the strong view's starting point
             data_u, self._strong_input_u = data_u.split(self.num_input_channels, dim=1)
-        truth_u = self.hidden_truth(batch_u)
+        return data_l, target_l, data_u, self.hidden_truth(batch_u)
+
+    def train_step(self, batch: dict) -> dict:
+        data_l, target_l, data_u, truth_u = self.ssl_batch(batch)
         for opt in self.optimizers_for_main_loss():
             opt.zero_grad(set_to_none=True)
         try:

@@ -188,3 +188,24 @@ def test_benchmark_ssl_refuses_bad_settings_before_writing(synthetic_nnunet, tmp
         assert proc.returncode == 2, proc.stderr[-3000:]
         assert named in proc.stderr and "Traceback" not in proc.stderr
         assert not out.exists()
+
+
+def test_loss_gradients_reports_every_term(synthetic_nnunet, tmp_path):
+    root, env = synthetic_nnunet["root"], synthetic_nnunet["env"]
+    results_before = listing(root / "results")
+    out = tmp_path / "gradients.json"
+    proc = run_script("loss_gradients.py", ["-d", DATASET_ID, "-c", "2d", "-tr", "nnUNetTrainerCRLN", "--batches", 2,
+                                            "--device", "cpu", "--num-threads", 1, "-o", out], env)
+    terms = json.loads(out.read_text())["terms"]
+    assert set(terms) == {"sup", "dim", "unsup", "cps"}
+    for term, m in terms.items():
+        assert len(m["loss"]) == len(m["grad_network"]) == len(m["grad_extra"]) == 2, term
+        assert all(g >= 0 and g == g for g in m["grad_network"] + m["grad_extra"]), term
+    assert all(g > 0 for g in terms["sup"]["grad_network"])
+    assert all(g == 0 for g in terms["sup"]["grad_extra"])  # the supervised loss does not reach the CPS head
+    assert all(g > 0 for g in terms["cps"]["grad_extra"])
+    assert "| cps |" in proc.stdout
+    assert listing(root / "results") == results_before  # the trainer's folder went to a temporary nnUNet_results
+    missing = run_script("loss_gradients.py", ["-d", DATASET_ID, "-c", "2d", "-tr", "nnUNetTrainerCRLN",
+                                               "--checkpoint", tmp_path / "nope.pth"], env, expect_ok=False)
+    assert missing.returncode != 0 and "nope.pth does not exist" in missing.stderr

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from nnunet_ssl.diagnostics import mean_foreground_dice
+from nnunet_ssl.diagnostics import mean_foreground_dice, term_gradient_norms
 from nnunet_ssl.losses.contrastive import info_nce
 from nnunet_ssl.losses.pseudo_label import confidence_pseudo_labels, weighted_cross_entropy
 from nnunet_ssl.modules.dual import average_log_probs
@@ -55,3 +55,16 @@ def test_average_log_probs_is_log_of_mean_probability():
     mean_p = (a.softmax(1) + b.softmax(1)) / 2
     assert torch.allclose(average_log_probs(a, b).exp(), mean_p, atol=1e-6)
     assert torch.allclose(average_log_probs(a, b).softmax(1), mean_p, atol=1e-6)
+
+
+def test_term_gradient_norms_hand_values():
+    # two parameters; term a = 3·w1 + 4·w2 (gradient (3, 4), norm 5); term b = w1² at w1 = 1 (gradient (2, 0), norm 2);
+    # term c reaches no parameter (a constant): 0
+    w1, w2 = torch.tensor(1.0, requires_grad=True), torch.tensor(-2.0, requires_grad=True)
+    frozen = torch.tensor(7.0)  # no requires_grad: left out
+    losses = {"a": 3 * w1 + 4 * w2, "b": w1 ** 2, "c": torch.tensor(0.5)}
+    norms = term_gradient_norms(losses, [w1, w2, frozen])
+    assert norms == pytest.approx({"a": 5.0, "b": 2.0, "c": 0.0})
+    # the graph is kept: training can still back-propagate the sum afterwards
+    sum(losses.values()).backward()
+    assert w1.grad.item() == pytest.approx(5.0) and w2.grad.item() == pytest.approx(4.0)
