@@ -13,8 +13,9 @@ from torch import nn
 
 from nnunet_ssl.modules.ema import EMATeacher
 from nnunet_ssl.modules.heads import ProjectionHead
-from nnunet_ssl.trainers.crln import (CRLNNet, cps_loss, cps_positive, image_weighted_nll, nnUNetTrainerCRLN_tiny,
-                                      prototype_descriptors, rectification_loss, rectify_logits, sample_cps_indices)
+from nnunet_ssl.trainers.crln import (CRLNNet, cps_loss, cps_positive, image_weighted_nll, nnUNetTrainerCRLN,
+                                      nnUNetTrainerCRLN_codeCPSWeight, nnUNetTrainerCRLN_tiny, prototype_descriptors,
+                                      rectification_loss, rectify_logits, sample_cps_indices)
 
 from conftest import load_script
 
@@ -410,3 +411,19 @@ def test_decoder_features_come_from_the_tap_and_teachers_tap_their_own_decoder()
     t_seg, t_map, t_features = teacher.module(x, return_extras=True)
     assert t_map is not None and t_features.keys() == manual.keys() and net.feature_tap.features == {}
     assert all(torch.allclose(t_features[k], manual[k], atol=1e-6) for k in manual)
+
+
+def test_cps_term_scales_with_its_weight_alone():
+    # the default weight (0.05) against the authors' code weight (0.5, `_codeCPSWeight`): on the same batch and
+    # weights the CPS term is 10x larger and nothing else changes
+    assert nnUNetTrainerCRLN.cps_weight == pytest.approx(0.1 * nnUNetTrainerCRLN_codeCPSWeight.cps_weight)
+    results = []
+    for weight in (nnUNetTrainerCRLN.cps_weight, nnUNetTrainerCRLN_codeCPSWeight.cps_weight):
+        trainer = bare_trainer()
+        trainer.cps_weight = weight
+        torch.manual_seed(5)
+        losses, _ = trainer.compute_losses(*tiny_batch())
+        results.append({k: v.item() for k, v in losses.items()})
+    default, code = results
+    assert code["cps"] > 0 and default["cps"] == pytest.approx(0.1 * code["cps"], rel=1e-5)
+    assert all(default[k] == pytest.approx(code[k], rel=1e-6) for k in ("sup", "dim", "unsup"))

@@ -14,6 +14,8 @@ A weak-to-strong Mean Teacher plus
 The deployed network (``build_network_architecture``) is ``CRLNNet``: the planned U-Net + DIM + ``a``; with deep
 supervision off it returns the rectified logits, so stock ``nnUNetv2_predict`` with the exported teacher rectifies.
 Defaults follow the authors' code where it differs from the paper (spec §8); the alternatives are attributes.
+One exception: the CPS weight is 0.05, not the code's 0.5 (``_codeCPSWeight``), which let the contrastive term
+outweigh the supervised one in nnU-Net's training (measured on LA, see ``cps_weight``).
 
 Modules: ``losses`` (equations), ``network`` (``CRLNNet``: U-Net + DIM + rectifier), ``trainer``,
 ``variants`` (ablations, ``_tiny``).
