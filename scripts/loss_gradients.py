@@ -11,7 +11,7 @@ unlabelled, through the trainer's own loaders and augmentation) it runs the trai
 per term (the weighted values that training sums), the loss and the L2 norm of its gradient over the network's
 parameters (the student; for dual-network trainers both networks) and over the method's extra modules
 (projection heads). A term whose gradient dwarfs the supervised one drives training (e.g. a contrastive loss that
-stays near its floor). The trainer's output folder goes to a temporary ``nnUNet_results`` that is deleted
+the network cannot satisfy, so its gradient never fades). The trainer's output folder goes to a temporary ``nnUNet_results`` that is deleted
 afterwards; the checkpoint is only read.
 """
 import argparse
@@ -48,7 +48,8 @@ def measure(trainer, n_batches: int) -> Dict[str, Dict[str, List[float]]]:
         for term, value in losses.items():
             out[term].setdefault("loss", []).append(float(value.detach()))
         del losses
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     return out
 
 
