@@ -11,8 +11,8 @@ unlabelled, through the trainer's own loaders and augmentation) it runs the trai
 per term (the weighted values that training sums), the loss and the L2 norm of its gradient over the network's
 parameters (the student; for dual-network trainers both networks) and over the method's extra modules
 (projection heads). A term whose gradient dwarfs the supervised one drives training (e.g. a contrastive loss that
-the network cannot satisfy, so its gradient never fades). The trainer's output folder goes to a temporary ``nnUNet_results`` that is deleted
-afterwards; the checkpoint is only read.
+the network cannot satisfy, so its gradient never fades). The trainer's output folder goes to a temporary
+``nnUNet_results`` that is deleted afterwards; the checkpoint is only read.
 """
 import argparse
 import json

@@ -58,8 +58,8 @@ def test_average_log_probs_is_log_of_mean_probability():
 
 
 def test_term_gradient_norms_hand_values():
-    # two parameters; term a = 3·w1 + 4·w2 (gradient (3, 4), norm 5); term b = w1² at w1 = 1 (gradient (2, 0), norm 2);
-    # term c reaches no parameter (a constant): 0
+    # two parameters; term a = 3·w1 + 4·w2 (gradient (3, 4), norm 5); term b = w1² at w1 = 1 (gradient (2, 0),
+    # norm 2); term c reaches no parameter (a constant): 0
     w1, w2 = torch.tensor(1.0, requires_grad=True), torch.tensor(-2.0, requires_grad=True)
     frozen = torch.tensor(7.0)  # no requires_grad: left out
     losses = {"a": 3 * w1 + 4 * w2, "b": w1 ** 2, "c": torch.tensor(0.5)}
