@@ -13,6 +13,12 @@ parameters (the student; for dual-network trainers both networks) and over the m
 (projection heads). A term whose gradient dwarfs the supervised one drives training (e.g. a contrastive loss that
 the network cannot satisfy, so its gradient never fades). The trainer's output folder goes to a temporary
 ``nnUNet_results`` that is deleted afterwards; the checkpoint is only read.
+
+Ramped loss weights depend on the run's schedule (step / (epochs x iterations per epoch)), which nnU-Net does not
+store: it comes from ``--epochs``/``--iterations-per-epoch``, else from the checkpoint's ``ssl_schedule`` (in
+checkpoints since 2026-12-05), else the trainer's own (nnU-Net's 1000 x 250, at which a 2000-iteration run's
+checkpoint is measured with ramp weights near 0: pass the run's schedule for older checkpoints). The weights of
+that step are reported with the terms.
 """
 import argparse
 import json
@@ -20,25 +26,27 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_speed import (construct_trainer, environment, resolve_trainer, select_device,  # noqa: E402
                              shutdown_loaders, use_plugin_trainers)
 
 
-def measure(trainer, n_batches: int) -> Dict[str, Dict[str, List[float]]]:
-    """{term: {"loss": [...], "grad_network": [...], "grad_extra": [...]}} over ``n_batches`` training batches."""
+def measure(trainer, n_batches: int) -> Tuple[Dict[str, Dict[str, List[float]]], Dict[str, List[float]]]:
+    """({term: {"loss": [...], "grad_network": [...], "grad_extra": [...]}}, {logged loss weight: [...]}) over
+    ``n_batches`` training batches."""
     import torch
     from nnunet_ssl.diagnostics import term_gradient_norms
     network_params = list(trainer.network.parameters())
     extra_params = list(trainer.extra_modules.parameters()) if hasattr(trainer, "extra_modules") else []
     out: Dict[str, Dict[str, List[float]]] = {}
+    weights: Dict[str, List[float]] = {}
     for _ in range(n_batches):
         batch = next(trainer.dataloader_train)
         try:
             with trainer.autocast():
-                losses, _ = trainer.compute_losses(*trainer.ssl_batch(batch))
+                losses, diagnostics = trainer.compute_losses(*trainer.ssl_batch(batch))
         finally:
             trainer._strong_input_u = None
         losses = {k: v.float() for k, v in losses.items()}
@@ -47,10 +55,30 @@ def measure(trainer, n_batches: int) -> Dict[str, Dict[str, List[float]]]:
                 out.setdefault(term, {}).setdefault(key, []).append(norm)
         for term, value in losses.items():
             out[term].setdefault("loss", []).append(float(value.detach()))
-        del losses
+        for key, value in diagnostics.items():
+            if key.endswith("weight") and value.numel() == 1:
+                weights.setdefault(key, []).append(float(value))
+        del losses, diagnostics
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    return out
+    return out, weights
+
+
+def run_schedule(args, checkpoint: Optional[dict]) -> Tuple[Dict[str, int], str]:
+    """(schedule attributes to set on the trainer, where they come from): options, else the checkpoint's
+    ``ssl_schedule``, else nothing (the trainer's own)."""
+    stored = (checkpoint or {}).get("ssl_schedule") or {}
+    schedule, sources = {}, set()
+    for attr, option in (("num_epochs", args.epochs), ("num_iterations_per_epoch", args.iterations_per_epoch)):
+        if option is not None:
+            schedule[attr] = option
+            sources.add("options")
+        elif attr in stored:
+            schedule[attr] = int(stored[attr])
+            sources.add("checkpoint")
+    if not schedule:
+        return schedule, "the trainer's own"
+    return schedule, " and ".join(sorted(sources))
 
 
 def format_table(measured: Dict[str, Dict[str, List[float]]]) -> str:
@@ -71,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-tr", required=True, help="semi-supervised trainer class (it needs compute_losses)")
     p.add_argument("--checkpoint", default=None, help="a checkpoint of that trainer to load (default: initialised)")
     p.add_argument("--batches", type=int, default=4, help="training batches to measure (default 4)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of the run whose checkpoint is loaded (ramped loss weights depend on it; default: the "
+                        "checkpoint's ssl_schedule, else the trainer's own)")
+    p.add_argument("--iterations-per-epoch", type=int, default=None,
+                   help="iterations per epoch of that run (default: as --epochs)")
     p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda if available")
     p.add_argument("--num-threads", type=int, default=None, help="torch threads on the CPU")
     p.add_argument("-o", "--output", default=None, help="also write the numbers as JSON here")
@@ -79,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.batches < 1:
-        raise SystemExit("--batches must be >= 1")
+    for option, value in (("--batches", args.batches), ("--epochs", args.epochs),
+                          ("--iterations-per-epoch", args.iterations_per_epoch)):
+        if value is not None and value < 1:
+            raise SystemExit(f"{option} must be >= 1, got {value}")
     if args.checkpoint is not None and not os.path.isfile(args.checkpoint):
         raise SystemExit(f"--checkpoint {args.checkpoint} does not exist")
     from nnunetv2.paths import nnUNet_preprocessed
@@ -93,28 +128,43 @@ def main(argv=None) -> int:
     if not hasattr(trainer_class, "compute_losses"):
         raise SystemExit(f"-tr {args.tr} has no compute_losses (not a semi-supervised trainer of nnunet_ssl)")
     device = select_device(args.device, args.num_threads)
+    import torch
+    checkpoint = None
+    if args.checkpoint is not None:
+        checkpoint = torch.load(args.checkpoint, map_location=device, weights_only=False)
+    schedule, schedule_source = run_schedule(args, checkpoint)
     results_folder = tempfile.mkdtemp(prefix="nnunet_ssl_gradients_results_")
     try:
         with environment(nnUNet_results=results_folder):
             trainer = construct_trainer(trainer_class, args.d, args.c, args.fold, args.p, device)
+            for attr, value in schedule.items():
+                setattr(trainer, attr, value)
+            schedule = {"num_epochs": trainer.num_epochs, "num_iterations_per_epoch": trainer.num_iterations_per_epoch}
             try:
                 trainer.on_train_start()
-                if args.checkpoint is not None:
-                    trainer.load_checkpoint(args.checkpoint)
+                if checkpoint is not None:
+                    trainer.load_checkpoint(checkpoint)
                 trainer.on_train_epoch_start()  # train mode and the learning rate of the (loaded) epoch
-                measured = measure(trainer, args.batches)
+                step = trainer.ssl_step
+                measured, weights = measure(trainer, args.batches)
             finally:
                 shutdown_loaders(trainer)
     finally:
         shutil.rmtree(results_folder, ignore_errors=True)
     state = f"checkpoint {args.checkpoint}" if args.checkpoint else "initialised network"
-    print(f"\n{args.tr}, {state}, {args.batches} training batches of dataset {args.d} ({args.c}, {args.p})\n")
+    print(f"\n{args.tr}, {state}, {args.batches} training batches of dataset {args.d} ({args.c}, {args.p}); step "
+          f"{step} of {schedule['num_epochs']} x {schedule['num_iterations_per_epoch']} iterations ({schedule_source})"
+          "\n")
     print(format_table(measured))
+    if weights:
+        print("loss weights at this step: " + ", ".join(f"{k} {sum(v) / len(v):.4g}" for k, v in weights.items()))
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w", encoding="utf-8") as f:
             json.dump({"trainer": args.tr, "checkpoint": args.checkpoint, "dataset": args.d, "configuration": args.c,
-                       "plans": args.p, "fold": args.fold, "batches": args.batches, "terms": measured}, f, indent=2)
+                       "plans": args.p, "fold": args.fold, "batches": args.batches, "step": step,
+                       "schedule": dict(schedule, source=schedule_source), "loss_weights": weights,
+                       "terms": measured}, f, indent=2)
     return 0
 
 

@@ -71,7 +71,7 @@ def split_batch(output, n: int):
 
 # what nnUNetTrainerSSL adds to nnU-Net's checkpoint (plus a method's ``method_checkpoint_state``)
 SSL_CHECKPOINT_KEYS = ("student_weights", "teacher_weights", "extra_modules", "extra_optimizers", "ssl_step",
-                       "ssl_export_weights")
+                       "ssl_export_weights", "ssl_schedule")
 
 
 def apply_schedule(trainer: nnUNetTrainer, schedule: Dict[str, object]) -> None:
@@ -548,6 +548,10 @@ class nnUNetTrainerSSL(nnUNetTrainer):
                 "extra_optimizers": {k: o.state_dict() for k, o in self.extra_optimizers.items()},
                 "ssl_step": self.ssl_step,
                 "ssl_export_weights": self.export_weights,
+                # the schedule the loss ramps ran over, for tools that reload a checkpoint (scripts/loss_gradients.py);
+                # --c keeps the trainer's own, as nnU-Net does
+                "ssl_schedule": {"num_epochs": self.num_epochs,
+                                 "num_iterations_per_epoch": self.num_iterations_per_epoch},
                 **self.method_checkpoint_state()}
 
     def method_checkpoint_state(self) -> dict:

@@ -195,8 +195,14 @@ def test_loss_gradients_reports_every_term(synthetic_nnunet, tmp_path):
     results_before = listing(root / "results")
     out = tmp_path / "gradients.json"
     proc = run_script("loss_gradients.py", ["-d", DATASET_ID, "-c", "2d", "-tr", "nnUNetTrainerCRLN", "--batches", 2,
+                                            "--epochs", 3, "--iterations-per-epoch", 5,
                                             "--device", "cpu", "--num-threads", 1, "-o", out], env)
-    terms = json.loads(out.read_text())["terms"]
+    report = json.loads(out.read_text())
+    assert report["step"] == 0
+    assert report["schedule"] == {"num_epochs": 3, "num_iterations_per_epoch": 5, "source": "options"}
+    assert len(report["loss_weights"]["unsup_weight"]) == 2  # the ramped weights of the measured step
+    assert "loss weights at this step: unsup_weight" in proc.stdout
+    terms = report["terms"]
     assert set(terms) == {"sup", "dim", "unsup", "cps"}
     for term, m in terms.items():
         assert len(m["loss"]) == len(m["grad_network"]) == len(m["grad_extra"]) == 2, term

@@ -112,6 +112,7 @@ def _checkpointing_mean_teacher():
     t.my_init_kwargs = {"configuration": "3d_fullres", "fold": 0}
     t.extra_modules, t.extra_optimizers, t.ssl_step, t.export_weights = nn.ModuleDict(), {}, 7, "teacher"
     t.print_to_log_file = lambda *args: None
+    t.num_epochs, t.num_iterations_per_epoch = 8, 250
     return t
 
 
@@ -130,6 +131,7 @@ def test_checkpoint_keys_are_nnunets_plus_ours(tmp_path):
     for k in set(stock) - {"network_weights"}:
         assert repr(ours[k]) == repr(stock[k]), k
     assert ours["network_weights"]["scale"] == 3.0 and ours["student_weights"]["scale"] == 2.0  # teacher exported
+    assert ours["ssl_schedule"] == {"num_epochs": 8, "num_iterations_per_epoch": 250}  # what the ramps ran over
 
 
 def test_checkpoint_round_trip_and_stock_checkpoint(tmp_path):
