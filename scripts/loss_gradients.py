@@ -129,6 +129,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"-tr {args.tr} has no compute_losses (not a semi-supervised trainer of nnunet_ssl)")
     device = select_device(args.device, args.num_threads)
     import torch
+    from nnunet_ssl.trainers.base import apply_schedule
     checkpoint = None
     if args.checkpoint is not None:
         checkpoint = torch.load(args.checkpoint, map_location=device, weights_only=False)
@@ -137,8 +138,7 @@ def main(argv=None) -> int:
     try:
         with environment(nnUNet_results=results_folder):
             trainer = construct_trainer(trainer_class, args.d, args.c, args.fold, args.p, device)
-            for attr, value in schedule.items():
-                setattr(trainer, attr, value)
+            apply_schedule(trainer, schedule)
             schedule = {"num_epochs": trainer.num_epochs, "num_iterations_per_epoch": trainer.num_iterations_per_epoch}
             try:
                 trainer.on_train_start()
