@@ -14,7 +14,8 @@ from nnunet_ssl.trainers import cdr
 from nnunet_ssl.trainers.base import first_output
 from nnunet_ssl.trainers.cdr import (disagreement_review_loss, disagreement_weights, flatten_regions, leader_is_a,
                                      negative_share, nnUNetTrainerCDR, nnUNetTrainerCDR_singleNetwork,
-                                     patch_scaled_region_size, pool_regions, region_grid, regional_info_nce,
+                                     patch_scaled_region_size, pool_regions, pool_regions_from_coarser,
+                                     region_grid, region_overlap, regional_info_nce,
                                      regional_kd_target, sharpen, squared_dice_loss, symmetric_region_nce,
                                      voxel_disagreement)
 from nnunet_ssl.trainers.dual_base import PLAIN
@@ -110,6 +111,28 @@ def test_pool_regions_constant_and_partial_windows():
     y = torch.zeros(1, 1, 20)
     y[..., 16:] = 1.0
     assert pool_regions(y[..., None], (16, 1))[0, 0, :, 0].tolist() == [0.0, 1.0]
+
+
+def test_region_overlap_hand_values():
+    # 6 fine voxels, 3 coarse ones (2 fine each), windows of 3: window 0 = [0, 3) holds 2 voxels of coarse 0 and 1
+    # of coarse 1; window 1 = [3, 6) holds 1 of coarse 1 and 2 of coarse 2
+    w = region_overlap(6, 3, 3)
+    assert torch.allclose(w, torch.tensor([[2 / 3, 0.0], [1 / 3, 1 / 3], [0.0, 2 / 3]]))
+    # a partial border window (8 fine voxels, windows of 3: [6, 8)) averages the voxels it holds: coarse 1 = [4, 8)
+    w = region_overlap(8, 2, 3)
+    assert torch.allclose(w, torch.tensor([[1.0, 1 / 3, 0.0], [0.0, 2 / 3, 1.0]]))
+
+
+@pytest.mark.parametrize("coarse, fine, region", [((4, 7, 9), (16, 28, 36), 6), ((8, 8), (8, 8), 3),
+                                                 ((2, 4, 4), (8, 16, 16), (3, 5, 16))])
+def test_pool_regions_from_coarser_equals_pooling_the_upsampled_map(coarse, fine, region):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *coarse)
+    upsampled = F.interpolate(x, size=fine, mode="nearest")
+    expected = pool_regions(upsampled, region)
+    got = pool_regions_from_coarser(x, fine, region)
+    assert got.shape == expected.shape == (2, 3, *region_grid(fine, region))
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_region_pairing_is_positional_and_same_in_both_networks():
@@ -282,7 +305,7 @@ def _atrium_like_forward(shape):
         n = x.shape[0]
         logits = 4 * torch.cat((1 - fg, fg, torch.zeros_like(fg)), 1).expand(n, -1, -1, -1, -1)
         feats = torch.randn(n, 4, *shape)
-        return [logits, logits[:, :, ::2, ::2, ::2]], feats
+        return [logits, logits[:, :, ::2, ::2, ::2]], feats, None
     return forward, fg
 
 
@@ -323,6 +346,36 @@ def test_detached_noisy_pass_runs_without_gradient_and_still_trains_both_network
     losses["intra"].backward()
     assert _grad_norm(t.student.net_a) > 0 and _grad_norm(t.student.net_b) > 0
     assert _grad_norm(t.extra_modules["head_a"]) > 0 and _grad_norm(t.extra_modules["head_b"]) > 0
+
+
+def test_deep_to_shallow_intra_needs_no_second_pass_and_trains_encoder_and_decoder():
+    torch.manual_seed(2)
+    t = bare_trainer(cdr.nnUNetTrainerCDR_deepToShallowIntra, unsup_rampup=0.0, region_size=4,
+                     mask_same_class_negatives=False)
+    assert set(t.extra_modules) == {"head_a", "head_b", "bottleneck_head_a", "bottleneck_head_b"}
+    calls, forward = [], t._forward_with_features
+
+    def recording(k, x):
+        out = forward(k, x)
+        calls.append((k, tuple(out[2].shape)))
+        return out
+
+    t._forward_with_features = recording
+    losses, diag = t.compute_losses(*_batch(2), truth_u=None)
+    # one pass per network; its bottleneck (8³ patch, two stride-2 stages: 2³) comes with it
+    assert calls == [("a", (4, 8, 2, 2, 2)), ("b", (4, 8, 2, 2, 2))]
+    assert diag["intra_nce"].item() > 0
+    losses["intra"].backward()
+    for k in "ab":
+        net = getattr(t.student, f"net_{k}")
+        # the decoder through the last-stage anchor, the encoder's last stage through the bottleneck anchor
+        assert _grad_norm(net.decoder.stages[-1]) > 0 and _grad_norm(net.encoder.stages[-1]) > 0, k
+        assert _grad_norm(t.extra_modules[f"head_{k}"]) > 0 and _grad_norm(t.extra_modules[f"bottleneck_head_{k}"]) > 0
+
+
+def test_intra_pair_setting_is_checked():
+    with pytest.raises(ValueError, match="intra_pair"):
+        bare_trainer(nnUNetTrainerCDR, intra_pair="bottleneck")
 
 
 def test_ablation_variants_select_terms():

@@ -79,6 +79,31 @@ def pool_regions(x: torch.Tensor, region_size) -> torch.Tensor:
     return pool(x, kernel, kernel, ceil_mode=True)
 
 
+def region_overlap(fine_len: int, coarse_len: int, kernel: int, device=None) -> torch.Tensor:
+    """(coarse_len, regions) share of each region's fine voxels that each coarse voxel covers, along one axis: a
+    coarse voxel i spans fine [i·f, (i+1)·f) with f = fine_len / coarse_len; region g spans [g·k, min((g+1)·k, L)).
+    Columns sum to 1. Built with tensor ops only (no host sync on CUDA)."""
+    f = fine_len / coarse_len
+    i = torch.arange(coarse_len, device=device, dtype=torch.float32)[:, None]
+    g = torch.arange(math.ceil(fine_len / kernel), device=device, dtype=torch.float32)[None, :]
+    lo, hi = g * kernel, torch.clamp((g + 1) * kernel, max=fine_len)
+    covered = torch.clamp(torch.minimum((i + 1) * f, hi) - torch.maximum(i * f, lo), min=0)
+    return covered / (hi - lo)
+
+
+def pool_regions_from_coarser(x: torch.Tensor, fine_shape: Sequence[int], region_size) -> torch.Tensor:
+    """``pool_regions`` of a coarser feature map (e.g. the bottleneck) on the region grid of ``fine_shape``: each
+    region is the area-weighted mean of the coarse voxels it overlaps, as if ``x`` had been upsampled (nearest) to
+    ``fine_shape`` first, without building that full-resolution tensor. (B, C, *coarse) -> (B, C, *grid)."""
+    if len(fine_shape) != x.dim() - 2:
+        raise ValueError(f"fine shape {tuple(fine_shape)} and features {tuple(x.shape)} differ in dimensions")
+    kernel = region_kernel(fine_shape, region_size)
+    for axis, (fine_len, k) in enumerate(zip(fine_shape, kernel)):
+        weights = region_overlap(fine_len, x.shape[2 + axis], k, x.device).to(x.dtype)
+        x = torch.movedim(torch.movedim(x, 2 + axis, -1) @ weights, -1, 2 + axis)
+    return x
+
+
 def flatten_regions(pooled: torch.Tensor) -> torch.Tensor:
     """(B, C, *grid) -> (B·R, C); row b·R + r is region r (raster order) of image b, the same in every network."""
     return pooled.flatten(2).transpose(1, 2).reshape(-1, pooled.shape[1])

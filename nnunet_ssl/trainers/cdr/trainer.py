@@ -7,12 +7,13 @@ from torch import nn
 
 from nnunet_ssl.diagnostics import pseudo_label_dice
 from nnunet_ssl.losses.one_hot import one_hot
-from nnunet_ssl.modules.features import DecoderFeatureTap, decoder_stage_channels
+from nnunet_ssl.modules.features import DecoderFeatureTap, bottleneck_channels, decoder_stage_channels
 from nnunet_ssl.modules.heads import ProjectionHead
 from nnunet_ssl.trainers.base import first_output, split_batch
 from nnunet_ssl.trainers.cdr.losses import (directed_by_leader, disagreement_review_loss, disagreement_weights,
                                             flatten_regions, leader_is_a, negative_share,
-                                            patch_scaled_region_size, pool_regions, regional_info_nce,
+                                            patch_scaled_region_size, pool_regions, pool_regions_from_coarser,
+                                            regional_info_nce,
                                             regional_kd_target, sharpen, squared_dice_loss, symmetric_region_nce,
                                             voxel_disagreement, weighted_mse)
 from nnunet_ssl.trainers.cdr.network import FirstNetworkOnly
@@ -43,6 +44,10 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
     inter_stop_gradient = "targets"  # 'targets' | 'leader' (MCF-faithful: only the non-leader is pulled) | 'none'
     disagreement_measure = "probability"  # 'probability' (½Σ|p_A − p_B|) | 'argmax' (XOR fraction)
     disagreement_beta = 1.0          # β of w_r = 1 + β·disagreement
+    intra_pair = "noisy_pass"        # what the intra term contrasts a region of the last decoder stage with:
+                                     # 'noisy_pass' (the same region in a second pass on a noisy copy) or
+                                     # 'deep_to_shallow' (the same region of the bottleneck, same pass: spec §4.3's
+                                     # cheaper alternative, no second pass)
     intra_noise_std = 0.1            # second pass: input + clip(N(0, σ²), ±clip) (UA-MT RandomNoise)
     intra_noise_clip = 0.2
     intra_noisy_pass_grad = True     # False: the noisy pass is a no-grad target (InfoNCE clean -> noisy only), which
@@ -78,13 +83,23 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
             dim = 3 if isinstance(net.decoder.seg_layers[-1], nn.Conv3d) else 2
             heads[f"head_{k}"] = ProjectionHead(decoder_stage_channels(net, -1), self.embedding_dim,
                                                 self.embedding_dim, dim)
+            if self._deep_to_shallow():
+                heads[f"bottleneck_head_{k}"] = ProjectionHead(bottleneck_channels(net), self.embedding_dim,
+                                                               self.embedding_dim, dim)
         return heads
+
+    @classmethod
+    def _deep_to_shallow(cls) -> bool:
+        if cls.intra_pair not in ("noisy_pass", "deep_to_shallow"):
+            raise ValueError(f"{cls.__name__}.intra_pair must be 'noisy_pass' or 'deep_to_shallow', "
+                             f"got {cls.intra_pair!r}")
+        return cls.use_intra_contrast and cls.intra_pair == "deep_to_shallow"
 
     def initialize(self):
         super().initialize()
         self._setup_feature_taps()
-        # the base puts every extra module into network A's optimizer; head B belongs to network B's
-        head_b = list(self.extra_modules["head_b"].parameters())
+        # the base puts every extra module into network A's optimizer; B's heads belong to network B's
+        head_b = [p for name, m in self.extra_modules.items() if name.endswith("_b") for p in m.parameters()]
         ids = {id(p) for p in head_b}
         for group in self.optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in ids]
@@ -92,14 +107,16 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
         self.extra_optimizers["net_b"].add_param_group({"params": head_b})
 
     def _setup_feature_taps(self):
-        self.feature_taps = {k: DecoderFeatureTap(getattr(self.student, f"net_{k}"), [-1]) for k in ("a", "b")}
+        self.feature_taps = {k: DecoderFeatureTap(getattr(self.student, f"net_{k}"), [-1], self._deep_to_shallow())
+                             for k in ("a", "b")}
 
     def _forward_with_features(self, k: str, x: torch.Tensor):
-        """(output, full-resolution last-decoder-stage features) of network k."""
+        """(output, full-resolution last-decoder-stage features, bottleneck features or None) of network k."""
         tap = self.feature_taps[k]
         tap.pop()
         out = self.forward_a(x) if k == "a" else self.forward_b(x)
-        return out, tap.pop()[-1]
+        features = tap.pop()
+        return out, features[-1], features.get("bottleneck")
 
     def _region_size(self, spatial_shape):
         if self.region_size is not None:
@@ -115,9 +132,9 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
         n_l = data_l.shape[0]
         x = torch.cat((data_l, data_u))  # both networks see the identical tensor: regions line up
         nets = self._networks()
-        outs, feats = {}, {}
+        outs, feats, deep_feats = {}, {}, {}
         for k in nets:
-            outs[k], feats[k] = self._forward_with_features(k, x)
+            outs[k], feats[k], deep_feats[k] = self._forward_with_features(k, x)
         losses, diag = {}, {}
         sup = {k: self.loss(split_batch(outs[k], n_l)[0], target_l) for k in nets}
         losses["sup"] = sup["a"]
@@ -199,18 +216,25 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
         else:
             diag["inter_nce"] = torch.tensor(NAN)
         if self.use_intra_contrast:
-            noise = (torch.randn_like(x) * self.intra_noise_std).clamp(-self.intra_noise_clip, self.intra_noise_clip)
+            deep_to_shallow = self._deep_to_shallow()
+            if not deep_to_shallow:
+                noise = (torch.randn_like(x) * self.intra_noise_std).clamp(-self.intra_noise_clip,
+                                                                           self.intra_noise_clip)
             intra = []
             for k in nets:
-                with torch.set_grad_enabled(self.intra_noisy_pass_grad):
-                    _, feats_noisy = self._forward_with_features(k, x + noise)
-                    z_noisy = self._region_embeddings(k, feats_noisy, region_size)
-                if self.intra_noisy_pass_grad:
-                    nce_1, nce_2 = symmetric_region_nce(pick(z[k]), pick(z_noisy), self.contrast_temperature,
+                if deep_to_shallow:  # the same regions seen by the bottleneck of the same pass
+                    pooled = pool_regions_from_coarser(deep_feats[k], x.shape[2:], region_size)
+                    z_other = flatten_regions(self.extra_modules[f"bottleneck_head_{k}"](pooled))
+                else:
+                    with torch.set_grad_enabled(self.intra_noisy_pass_grad):
+                        _, feats_noisy, _ = self._forward_with_features(k, x + noise)
+                        z_other = self._region_embeddings(k, feats_noisy, region_size)
+                if deep_to_shallow or self.intra_noisy_pass_grad:
+                    nce_1, nce_2 = symmetric_region_nce(pick(z[k]), pick(z_other), self.contrast_temperature,
                                                         pick(weights), "targets", region_class=region_class)
                     intra.append(0.5 * (nce_1 + nce_2))
                 else:
-                    intra.append(regional_info_nce(pick(z[k]), pick(z_noisy), self.contrast_temperature,
+                    intra.append(regional_info_nce(pick(z[k]), pick(z_other), self.contrast_temperature,
                                                    pick(weights), region_class))
             losses["intra"] = lam_c * sum(intra)
             diag["intra_nce"] = torch.stack(intra).mean().detach()

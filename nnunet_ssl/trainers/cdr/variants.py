@@ -54,6 +54,12 @@ class nnUNetTrainerCDR_detachedNoisyPass(nnUNetTrainerCDR):
     intra_noisy_pass_grad = False
 
 
+class nnUNetTrainerCDR_deepToShallowIntra(nnUNetTrainerCDR):
+    """Intra term without a second pass: each region's last-decoder-stage embedding against the bottleneck's
+    embedding of the same region (spec §4.3's cheaper alternative)."""
+    intra_pair = "deep_to_shallow"
+
+
 class nnUNetTrainerCDR_sameArch(nnUNetTrainerCDR):
     """Both networks from the plans' architecture (two random initialisations) instead of plain + residual."""
     second_network = "same"
