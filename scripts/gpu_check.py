@@ -17,11 +17,11 @@ What it does, in this order (the work folder with nnUNet_raw/preprocessed/result
    each trainer (warm-up + timed iterations with data loading and without, host-sync audit, peak GPU memory) under
    nnU-Net's AMP (autocast + GradScaler on CUDA). Each row gets the ratio to ``nnUNetTrainer`` and to the
    trainer's pass-count floor (README "What an iteration costs", in units of ``nnUNetTrainer``'s iteration):
-   Mean Teacher/CRLN 7/3, BoCLIS 3 (its contrast crops are not counted), UGPL 2 + 2r, CDR 4 + 4r,
-   CDR_detachedNoisyPass (2 + 2r) * 4/3, r = 1 for ``_sameArch``. r, the cost of the residual-encoder network
-   relative to the plain one, is measured in each dual trainer's own run: forward + backward of each sub-network
-   (``forward_a``/``forward_b``, compiled when the run compiles, AMP) on the concatenated labelled + unlabelled
-   batch, median over a few repetitions.
+   Mean Teacher/CRLN 7/3, BoCLIS 3 (its contrast crops are not counted), UGPL and CDR 2 + 2r,
+   CDR_noisyPassIntra 4 + 4r, CDR_detachedNoisyPass (2 + 2r) * 4/3, r = 1 for ``_sameArch``. r, the cost of the
+   residual-encoder network relative to the plain one, is measured in each dual trainer's own run: forward +
+   backward of each sub-network (``forward_a``/``forward_b``, compiled when the run compiles, AMP) on the
+   concatenated labelled + unlabelled batch, median over a few repetitions.
 3. Ablation check: 3 train steps (``benchmark_trainer`` with 1 iteration per phase: one with loading, one without,
    the audited one) of every ``nnUNetTrainer*_*`` class of ``nnunet_ssl.trainers`` except tiny/test/demo ones and
    the timed ones, under AMP with a GradScaler, on a smaller patch (``--check-patch``; compile with
@@ -67,8 +67,8 @@ DEFAULT_OUTPUT = os.path.join(REPO, "benchmarks", "gpu")
 DATASET_ID, DATASET_SHORT_NAME = 996, "GPUCheckLA"
 BASE_CONFIGURATION = "3d_fullres"
 CHECK_CONFIGURATION, SMOKE_CONFIGURATION = "3d_check", "3d_smoke"
-COST_VARIANTS = ("nnUNetTrainerCDR_detachedNoisyPass", "nnUNetTrainerCDR_sameArch", "nnUNetTrainerUGPL_sameArch",
-                 "nnUNetTrainerBoCLIS_noContrast")
+COST_VARIANTS = ("nnUNetTrainerCDR_noisyPassIntra", "nnUNetTrainerCDR_detachedNoisyPass", "nnUNetTrainerCDR_sameArch",
+                 "nnUNetTrainerUGPL_sameArch", "nnUNetTrainerBoCLIS_noContrast")
 TIMED_TRAINERS = bs.DEFAULT_TRAINERS + COST_VARIANTS
 SMOKE_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerMeanTeacher", "nnUNetTrainerUGPL")
 SMOKE_VARIANTS = ("nnUNetTrainerMeanTeacher_noStrongView", "nnUNetTrainerCRLN_noDIM")
@@ -83,8 +83,9 @@ FLOORS: Dict[str, Tuple[str, bool, Callable[[Optional[float]], float]]] = {
     "nnUNetTrainerBoCLIS_noContrast": ("3", False, lambda r: 3.0),
     "nnUNetTrainerUGPL": ("2 + 2r", True, lambda r: 2 + 2 * r),
     "nnUNetTrainerUGPL_sameArch": ("2 + 2r, r = 1", True, lambda r: 2 + 2 * r),
-    "nnUNetTrainerCDR": ("4 + 4r", True, lambda r: 4 + 4 * r),
-    "nnUNetTrainerCDR_sameArch": ("4 + 4r, r = 1", True, lambda r: 4 + 4 * r),
+    "nnUNetTrainerCDR": ("2 + 2r", True, lambda r: 2 + 2 * r),
+    "nnUNetTrainerCDR_sameArch": ("2 + 2r, r = 1", True, lambda r: 2 + 2 * r),
+    "nnUNetTrainerCDR_noisyPassIntra": ("4 + 4r", True, lambda r: 4 + 4 * r),
     "nnUNetTrainerCDR_detachedNoisyPass": ("(2 + 2r) * 4/3", True, lambda r: (2 + 2 * r) * 4 / 3),
 }
 SINGLE_STUDENT = ("nnUNetTrainerMeanTeacher", "nnUNetTrainerCRLN", "nnUNetTrainerBoCLIS",

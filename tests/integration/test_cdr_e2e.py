@@ -20,8 +20,11 @@ def test_cdr_train_resume_predict(synthetic_nnunet):
     # both networks, both heads, network B's optimizer (with head B) are in the checkpoint
     assert any(k.startswith("net_a.") for k in latest["student_weights"])
     assert any(k.startswith("net_b.") for k in latest["student_weights"])
-    assert {k.split(".")[0] for k in latest["extra_modules"]} == {"head_a", "head_b"}
-    assert len(latest["extra_optimizers"]["net_b"]["param_groups"]) == 2
+    assert {k.split(".")[0] for k in latest["extra_modules"]} == {"head_a", "head_b", "bottleneck_head_a",
+                                                                  "bottleneck_head_b"}
+    # network B's optimizer: its own parameters, then B's two heads (two 1x1 convs each: weight and bias)
+    groups_b = latest["extra_optimizers"]["net_b"]["param_groups"]
+    assert len(groups_b) == 2 and len(groups_b[1]["params"]) == 8
 
     record = fold / "resumed_state.pt"
     resume_env = dict(env, NNUNET_SSL_TEST_RECORD_RESUME=str(record))

@@ -120,7 +120,8 @@ def test_ablation_variants_and_floors():
     assert set(gc.ablation_variants(exclude=gc.TIMED_TRAINERS)) == set(variants) - set(gc.TIMED_TRAINERS)
     assert set(gc.FLOORS) == set(gc.TIMED_TRAINERS)
     units = {name: f(1.5) for name, (_, _, f) in gc.FLOORS.items()}
-    assert units["nnUNetTrainerCDR"] == 10 and units["nnUNetTrainerUGPL"] == 5
+    assert units["nnUNetTrainerCDR"] == 5 and units["nnUNetTrainerUGPL"] == 5
+    assert units["nnUNetTrainerCDR_noisyPassIntra"] == 10
     assert units["nnUNetTrainerCDR_detachedNoisyPass"] == pytest.approx(5 * 4 / 3)
 
 

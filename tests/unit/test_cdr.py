@@ -305,7 +305,8 @@ def _atrium_like_forward(shape):
         n = x.shape[0]
         logits = 4 * torch.cat((1 - fg, fg, torch.zeros_like(fg)), 1).expand(n, -1, -1, -1, -1)
         feats = torch.randn(n, 4, *shape)
-        return [logits, logits[:, :, ::2, ::2, ::2]], feats, None
+        bottleneck = torch.randn(n, 8, *(d // 4 for d in shape))
+        return [logits, logits[:, :, ::2, ::2, ::2]], feats, bottleneck
     return forward, fg
 
 
@@ -330,9 +331,11 @@ def test_regional_contrast_is_alive_on_a_small_structure_with_patch_scaled_regio
         assert diag["inter_nce"].item() == 0.0 and diag["intra_nce"].item() == 0.0
 
 
-def test_detached_noisy_pass_runs_without_gradient_and_still_trains_both_networks():
+@pytest.mark.parametrize("variant, noisy_grad", [(cdr.nnUNetTrainerCDR_detachedNoisyPass, False),
+                                                 (cdr.nnUNetTrainerCDR_noisyPassIntra, True)])
+def test_noisy_pass_variants_run_a_second_pass_with_or_without_gradient(variant, noisy_grad):
     torch.manual_seed(2)
-    t = bare_trainer(cdr.nnUNetTrainerCDR_detachedNoisyPass, unsup_rampup=0.0, region_size=4)
+    t = bare_trainer(variant, unsup_rampup=0.0, region_size=4)
     grad_modes, forward = [], t._forward_with_features
 
     def recording(k, x):
@@ -341,16 +344,16 @@ def test_detached_noisy_pass_runs_without_gradient_and_still_trains_both_network
 
     t._forward_with_features = recording
     losses, _ = t.compute_losses(*_batch(2), truth_u=None)
-    # clean passes of A and B with gradient, then the noisy passes without
-    assert grad_modes == [("a", True), ("b", True), ("a", False), ("b", False)]
+    # clean passes of A and B with gradient, then the noisy passes (with gradient for _noisyPassIntra only)
+    assert grad_modes == [("a", True), ("b", True), ("a", noisy_grad), ("b", noisy_grad)]
     losses["intra"].backward()
     assert _grad_norm(t.student.net_a) > 0 and _grad_norm(t.student.net_b) > 0
     assert _grad_norm(t.extra_modules["head_a"]) > 0 and _grad_norm(t.extra_modules["head_b"]) > 0
 
 
-def test_deep_to_shallow_intra_needs_no_second_pass_and_trains_encoder_and_decoder():
+def test_default_intra_term_needs_no_second_pass_and_trains_encoder_and_decoder():
     torch.manual_seed(2)
-    t = bare_trainer(cdr.nnUNetTrainerCDR_deepToShallowIntra, unsup_rampup=0.0, region_size=4,
+    t = bare_trainer(nnUNetTrainerCDR, unsup_rampup=0.0, region_size=4,
                      mask_same_class_negatives=False)
     assert set(t.extra_modules) == {"head_a", "head_b", "bottleneck_head_a", "bottleneck_head_b"}
     calls, forward = [], t._forward_with_features

@@ -44,10 +44,10 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
     inter_stop_gradient = "targets"  # 'targets' | 'leader' (MCF-faithful: only the non-leader is pulled) | 'none'
     disagreement_measure = "probability"  # 'probability' (½Σ|p_A − p_B|) | 'argmax' (XOR fraction)
     disagreement_beta = 1.0          # β of w_r = 1 + β·disagreement
-    intra_pair = "noisy_pass"        # what the intra term contrasts a region of the last decoder stage with:
-                                     # 'noisy_pass' (the same region in a second pass on a noisy copy) or
+    intra_pair = "deep_to_shallow"   # what the intra term contrasts a region of the last decoder stage with:
                                      # 'deep_to_shallow' (the same region of the bottleneck, same pass: spec §4.3's
-                                     # cheaper alternative, no second pass)
+                                     # cheaper alternative, no second pass) or 'noisy_pass' (the same region in a
+                                     # second pass on a noisy copy: the spec's first choice, 1.8x the step time)
     intra_noise_std = 0.1            # second pass: input + clip(N(0, σ²), ±clip) (UA-MT RandomNoise)
     intra_noise_clip = 0.2
     intra_noisy_pass_grad = True     # False: the noisy pass is a no-grad target (InfoNCE clean -> noisy only), which

@@ -49,15 +49,15 @@ class nnUNetTrainerCDR_leaderStopGrad(nnUNetTrainerCDR):
     inter_stop_gradient = "leader"
 
 
-class nnUNetTrainerCDR_detachedNoisyPass(nnUNetTrainerCDR):
-    """Cheaper intra term: the noisy pass runs without gradient and serves as the target only."""
+class nnUNetTrainerCDR_noisyPassIntra(nnUNetTrainerCDR):
+    """Before 0.2: the intra term pairs each region with the same region of a second pass of the same network on a
+    noisy copy of the input (both passes with gradient; about 1.8x the default's step time)."""
+    intra_pair = "noisy_pass"
+
+
+class nnUNetTrainerCDR_detachedNoisyPass(nnUNetTrainerCDR_noisyPassIntra):
+    """``_noisyPassIntra`` with the noisy pass run without gradient, as the target only."""
     intra_noisy_pass_grad = False
-
-
-class nnUNetTrainerCDR_deepToShallowIntra(nnUNetTrainerCDR):
-    """Intra term without a second pass: each region's last-decoder-stage embedding against the bottleneck's
-    embedding of the same region (spec §4.3's cheaper alternative)."""
-    intra_pair = "deep_to_shallow"
 
 
 class nnUNetTrainerCDR_sameArch(nnUNetTrainerCDR):
