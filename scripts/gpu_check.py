@@ -18,7 +18,7 @@ What it does, in this order (the work folder with nnUNet_raw/preprocessed/result
    nnU-Net's AMP (autocast + GradScaler on CUDA). Each row gets the ratio to ``nnUNetTrainer`` and to the
    trainer's pass-count floor (README "What an iteration costs", in units of ``nnUNetTrainer``'s iteration):
    Mean Teacher/CRLN 7/3, BoCLIS 3 (its contrast crops are not counted), UGPL and CDR 2 + 2r,
-   CDR_noisyPassIntra 4 + 4r, CDR_detachedNoisyPass (2 + 2r) * 4/3, r = 1 for ``_sameArch``. r, the cost of the
+   CDR_noisyPassIntra 4 + 4r, r = 1 for ``_sameArch``. r, the cost of the
    residual-encoder network relative to the plain one, is measured in each dual trainer's own run: forward +
    backward of each sub-network (``forward_a``/``forward_b``, compiled when the run compiles, AMP) on the
    concatenated labelled + unlabelled batch, median over a few repetitions.
@@ -67,8 +67,8 @@ DEFAULT_OUTPUT = os.path.join(REPO, "benchmarks", "gpu")
 DATASET_ID, DATASET_SHORT_NAME = 996, "GPUCheckLA"
 BASE_CONFIGURATION = "3d_fullres"
 CHECK_CONFIGURATION, SMOKE_CONFIGURATION = "3d_check", "3d_smoke"
-COST_VARIANTS = ("nnUNetTrainerCDR_noisyPassIntra", "nnUNetTrainerCDR_detachedNoisyPass", "nnUNetTrainerCDR_sameArch",
-                 "nnUNetTrainerUGPL_sameArch", "nnUNetTrainerBoCLIS_noContrast")
+COST_VARIANTS = ("nnUNetTrainerCDR_noisyPassIntra", "nnUNetTrainerCDR_sameArch", "nnUNetTrainerUGPL_sameArch",
+                 "nnUNetTrainerBoCLIS_noContrast")
 TIMED_TRAINERS = bs.DEFAULT_TRAINERS + COST_VARIANTS
 SMOKE_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerMeanTeacher", "nnUNetTrainerUGPL")
 SMOKE_VARIANTS = ("nnUNetTrainerMeanTeacher_noStrongView", "nnUNetTrainerCRLN_noDIM")
@@ -86,7 +86,6 @@ FLOORS: Dict[str, Tuple[str, bool, Callable[[Optional[float]], float]]] = {
     "nnUNetTrainerCDR": ("2 + 2r", True, lambda r: 2 + 2 * r),
     "nnUNetTrainerCDR_sameArch": ("2 + 2r, r = 1", True, lambda r: 2 + 2 * r),
     "nnUNetTrainerCDR_noisyPassIntra": ("4 + 4r", True, lambda r: 4 + 4 * r),
-    "nnUNetTrainerCDR_detachedNoisyPass": ("(2 + 2r) * 4/3", True, lambda r: (2 + 2 * r) * 4 / 3),
 }
 SINGLE_STUDENT = ("nnUNetTrainerMeanTeacher", "nnUNetTrainerCRLN", "nnUNetTrainerBoCLIS",
                   "nnUNetTrainerBoCLIS_noContrast")
