@@ -48,7 +48,7 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
                                      # 'deep_to_shallow' (the same region of the bottleneck, same pass: spec §4.3's
                                      # cheaper alternative, no second pass) or 'noisy_pass' (the same region in a
                                      # second pass on a noisy copy: the spec's first choice, 1.8x the step time)
-    intra_noise_std = 0.1            # second pass: input + clip(N(0, σ²), ±clip) (UA-MT RandomNoise)
+    intra_noise_std = 0.1            # 'noisy_pass': input + clip(N(0, σ²), ±clip) (UA-MT RandomNoise)
     intra_noise_clip = 0.2
     intra_noisy_pass_grad = True     # False: the noisy pass is a no-grad target (InfoNCE clean -> noisy only), which
                                      # saves both networks' second backward (about a third of a CDR step)
