@@ -14,8 +14,9 @@ reconstruction of the paper's region-based contrastive distillation [A]:
   Inter-network InfoNCE pairs the same region of the same image in the two networks (negatives: every other
   region of the batch), intra-network InfoNCE pairs a region's last-decoder-stage embedding with the same region
   seen by the network's bottleneck (area-weighted pooling onto the same grid, its own projection head): spec §4.3's
-  cheaper alternative to a second noisy pass (``_noisyPassIntra``), which costs 1.8x the step time and scored
-  within seed noise of it on LA (README, Results); each anchor is weighted by ``1 + β·disagreement`` of the two networks in that region;
+  cheaper alternative to a second noisy pass (``_noisyPassIntra``, 1.8x the step time; on LA its one seed scored
+  1.19 Dice points above this term's two-seed mean, see README, Results); each anchor is weighted by
+  ``1 + β·disagreement`` of the two networks in that region;
   regional KD pulls the other network's region probabilities toward the leader's voxel-sharpened, region-averaged
   ones (sharpening after averaging would be a majority vote that erases structures smaller than a region);
   InfoNCE negatives exclude regions of the anchor's dominant class.

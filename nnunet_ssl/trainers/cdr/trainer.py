@@ -13,9 +13,8 @@ from nnunet_ssl.trainers.base import first_output, split_batch
 from nnunet_ssl.trainers.cdr.losses import (directed_by_leader, disagreement_review_loss, disagreement_weights,
                                             flatten_regions, leader_is_a, negative_share,
                                             patch_scaled_region_size, pool_regions, pool_regions_from_coarser,
-                                            regional_info_nce,
-                                            regional_kd_target, sharpen, squared_dice_loss, symmetric_region_nce,
-                                            voxel_disagreement, weighted_mse)
+                                            regional_info_nce, regional_kd_target, sharpen, squared_dice_loss,
+                                            symmetric_region_nce, voxel_disagreement, weighted_mse)
 from nnunet_ssl.trainers.cdr.network import FirstNetworkOnly
 from nnunet_ssl.trainers.dual_base import nnUNetTrainerDualSSL
 
@@ -51,7 +50,7 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
     intra_noise_std = 0.1            # 'noisy_pass': input + clip(N(0, σ²), ±clip) (UA-MT RandomNoise)
     intra_noise_clip = 0.2
     intra_noisy_pass_grad = True     # False: the noisy pass is a no-grad target (InfoNCE clean -> noisy only), which
-                                     # saves both networks' second backward (about a third of a CDR step)
+                                     # saves both networks' second backward (about a third of _noisyPassIntra's step)
     max_contrast_regions = 4096      # random subset of regions above this (the similarity matrix is N²)
     single_network = False           # ablation: net A alone (supervised + intra-network contrast)
 
