@@ -5,7 +5,7 @@
 # held-out block) -> the table of every finished run (scripts/benchmark_table.py).
 #
 #   bash scripts/benchmark_la.sh [--spacing 3.5|full] [--budgets 4] [--iterations 2000] [--seeds 0 1]
-#        [--trainers nnUNetTrainerMeanTeacher ...] [--no-baseline] [--no-full] [--h5 DIR] [--work DIR]
+#        [--trainers nnUNetTrainerMeanTeacher ...] [--no-baseline] [--no-full] [--fold F] [--h5 DIR] [--work DIR]
 #        [--record DIR] [--device cpu|cuda] [--threads N]
 #
 # Defaults are the CPU protocol of README "Accuracy on a CPU": 3.5 mm, 4 labelled, 16 held out, 2000 iterations,
@@ -14,11 +14,12 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 SPACING=3.5; BUDGETS=(4); ITERATIONS=2000; SEEDS=(0); TRAINERS=(); EXTRA=(); DEVICE=()
-H5="$REPO/../shared/data/LA_h5"; WORK="${WORK:-$REPO/bench_work/LA}"; RECORD=""
+H5="$REPO/../shared/data/LA_h5"; WORK="${WORK:-$REPO/bench_work/LA}"; RECORD=""; FOLD=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --spacing) SPACING="$2"; shift 2;;
     --iterations) ITERATIONS="$2"; shift 2;;
+    --fold) FOLD="$2"; shift 2;;  # held-out block: 0 = development fold, 1 and 2 = confirmation folds
     --h5) H5="$2"; shift 2;;
     --work) WORK="$2"; shift 2;;
     --record) RECORD="$2"; shift 2;;
@@ -51,6 +52,7 @@ DATA_ID=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['config
 python "$REPO/scripts/benchmark_ssl.py" -d 101 -c 3d_fullres -p "$PLANS" --budgets "${BUDGETS[@]}" --val 16 \
   --test-set val --epochs $((ITERATIONS / 250)) --iters-per-epoch 250 --seeds "${SEEDS[@]}" \
   ${TRAINERS[@]+"${TRAINERS[@]}"} ${EXTRA[@]+"${EXTRA[@]}"} ${DEVICE[@]+"${DEVICE[@]}"} \
-  -o "$WORK/benchmark_$TAG" --record-dir "$RECORD"
-python "$REPO/scripts/benchmark_table.py" "$RECORD" -o "$RECORD/table.md"
-cat "$RECORD/table.md"
+  -f "$FOLD" -o "$WORK/benchmark_$TAG$([ "$FOLD" = 0 ] || echo "_fold$FOLD")" --record-dir "$RECORD"
+TABLE_DIR="$RECORD$([ "$FOLD" = 0 ] || echo "/fold_$FOLD")"
+python "$REPO/scripts/benchmark_table.py" "$TABLE_DIR" -o "$TABLE_DIR/table.md"
+cat "$TABLE_DIR/table.md"

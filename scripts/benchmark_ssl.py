@@ -321,10 +321,14 @@ def run_tag(trainer_name: str, seed: int) -> str:
 
 
 def write_record(record_dir: Optional[str], budget_tag: str, record: dict) -> None:
-    """The run's result as one small JSON under ``record_dir/budget_<tag>/`` (meant to be committed)."""
+    """The run's result as one small JSON under ``record_dir/budget_<tag>/`` (fold 0) or
+    ``record_dir/fold_<F>/budget_<tag>/`` (meant to be committed)."""
     if not record_dir or record.get("status") != "ok":
         return
-    folder = os.path.join(record_dir, f"budget_{budget_tag}")
+    fold = record.get("settings", {}).get("fold", 0)
+    # fold 0 is the development fold (its records stay where they always were); confirmation folds get their own
+    # folder so that records of different held-out blocks never overwrite each other
+    folder = os.path.join(record_dir, *([f"fold_{fold}"] if fold else []), f"budget_{budget_tag}")
     os.makedirs(folder, exist_ok=True)
     keep = {k: v for k, v in record.items() if k not in ("model_folder", "run_folder", "skipped")}
     with open(os.path.join(folder, run_tag(record["trainer"], record["seed"]) + ".json"), "w",
