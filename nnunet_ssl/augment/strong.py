@@ -68,15 +68,37 @@ def in_plane_axes(ndim: int, through_plane_axis: Optional[int]) -> List[int]:
     return [a for a in range(ndim) if a != through_plane_axis]
 
 
+def rot90_matrix(spatial_shape: Sequence[int], i: int, j: int, k: int) -> torch.Tensor:
+    """A (n, n) for ``out(p) = in(A p)``: the content turned by k·90° in the (i, j) plane about the patch centre,
+    in voxel units, so a non-square plane is cropped and padded back to its shape rather than stretched.
+
+    One step in voxel units takes (u_i, u_j) to (-u_j, u_i); in normalised coordinates p = u / h (h: half-side per
+    axis) that is p_i -> -(h_j / h_i)·p_j, p_j -> (h_i / h_j)·p_i."""
+    ndim = len(spatial_shape)
+    ratio = float(spatial_shape[j]) / float(spatial_shape[i])
+    rot = torch.eye(ndim, dtype=torch.float64)
+    for _ in range(k % 4):
+        step = torch.eye(ndim, dtype=torch.float64)
+        step[i, i] = step[j, j] = 0.0
+        step[i, j], step[j, i] = -ratio, 1.0 / ratio
+        rot = step @ rot
+    return rot
+
+
 def affine_matrices(batch_size: int, spatial_shape: Sequence[int], through_plane_axis: Optional[int],
                     p_rescale: float, rescale_range: Tuple[float, float], p_rot_flip: float,
-                    generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
+                    generator: Optional[torch.Generator] = None,
+                    rotate_non_square: bool = True) -> Optional[torch.Tensor]:
     """Per-sample matrices A (B, n, n) in spatial-axis order with ``out(p) = in(A p)`` in normalised coordinates
     about the patch centre, or None when no sample is transformed.
 
     Rescale: the content is zoomed by s ~ U(rescale_range) on the in-plane axes (A = 1/s there). rot90/flip: a
-    rotation by k·90° (k ~ {0..3}, only when the two in-plane sides are equal, as CRLN's spec requires) and a flip
-    of one in-plane axis. The through-plane axis is never changed."""
+    rotation by k·90° (k ~ {0..3}) in voxel space and a flip of one in-plane axis. On a non-square in-plane patch the
+    rotated content is cropped and padded back to the patch shape about its centre (normalised coordinates are
+    scaled per axis, so the rotation is conjugated with the half-sides: ``D⁻¹ R D``); padded voxels become ignore
+    in the targets (``StrongViewParams.apply_to_targets``). Nearest-neighbour targets land exactly on voxel centres
+    when the two in-plane sides have the same parity (half a voxel off otherwise). ``rotate_non_square=False``
+    keeps k = 0 on non-square planes (before 0.2). The through-plane axis is never changed."""
     ndim = len(spatial_shape)
     axes = in_plane_axes(ndim, through_plane_axis)
     rng = _host_rng(generator) if (p_rescale > 0 or p_rot_flip > 0) else None
@@ -90,13 +112,10 @@ def affine_matrices(batch_size: int, spatial_shape: Sequence[int], through_plane
             changed = True
         if rng is not None and len(axes) == 2 and rng.random() < p_rot_flip:
             i, j = axes
-            k = rng.randrange(4) if spatial_shape[i] == spatial_shape[j] else 0
-            rot = torch.eye(ndim, dtype=torch.float64)
-            for _ in range(k):  # one 90° step: (u_i, u_j) -> (-u_j, u_i)
-                step = torch.eye(ndim, dtype=torch.float64)
-                step[i, i] = step[j, j] = 0.0
-                step[i, j], step[j, i] = -1.0, 1.0
-                rot = step @ rot
+            k = rng.randrange(4)
+            if not rotate_non_square and spatial_shape[i] != spatial_shape[j]:
+                k = 0
+            rot = rot90_matrix(spatial_shape, i, j, k)
             flip = torch.eye(ndim, dtype=torch.float64)
             f_ax = rng.choice(axes)
             flip[f_ax, f_ax] = -1.0
@@ -162,6 +181,7 @@ class StrongAugmentation:
     p_rescale: float = 0.0
     rescale_range: Tuple[float, float] = (0.5, 1.5)          # in-plane zoom s (CRLN)
     p_rot_flip: float = 0.0                                  # rot90 + flip in-plane (CRLN)
+    rotate_non_square: bool = True                           # False: quarter turns only on square planes (< 0.2)
     through_plane_axis: Optional[int] = None                 # set by the trainer from the plans (3D only)
     # CutMix
     p_cutmix: float = 1.0
@@ -185,7 +205,7 @@ class StrongAugmentation:
         params = StrongViewParams()
         out = images
         params.affine = affine_matrices(b, spatial, self.through_plane_axis, self.p_rescale, self.rescale_range,
-                                        self.p_rot_flip, generator)
+                                        self.p_rot_flip, generator, self.rotate_non_square)
         if params.affine is not None:
             out = _resample(out, params.affine, "bilinear", "reflection")
         with host_only():

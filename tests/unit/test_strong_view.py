@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nnunet_ssl.augment.strong import StrongAugmentation, cutmix_boxes
+from nnunet_ssl.augment.strong import StrongAugmentation, _resample, affine_matrices, cutmix_boxes, rot90_matrix
 
 
 def test_cutmix_box_geometry_3d():
@@ -156,3 +156,41 @@ def test_cutmix_beta_area_is_drawn_once_per_batch():
     sizes = params.mix_mask.sum(dim=(1, 2, 3))
     assert (sizes == sizes[0]).all() and 0 < sizes[0] < 5 * 400
     assert params.mix_mask.all(dim=1).sum(dim=(1, 2)).eq(sizes // 5).all()  # full depth
+
+
+def test_rot90_on_a_non_square_plane_crops_and_pads_instead_of_stretching():
+    """2 x 4 plane, a quarter turn: the 4 x 2 rotated content, its middle two rows kept and one ignore column padded
+    each side (worked by hand from torch.rot90(x, -1): [[4, 0], [5, 1], [6, 2], [7, 3]])."""
+    x = torch.arange(8, dtype=torch.float32).view(1, 1, 2, 4)
+    turn = rot90_matrix((2, 4), 0, 1, 1)[None].float()
+    assert _resample(x, turn, "nearest", "zeros")[0, 0].tolist() == [[0, 5, 1, 0], [0, 6, 2, 0]]
+    half = rot90_matrix((2, 4), 0, 1, 2)[None].float()
+    assert _resample(x, half, "nearest", "zeros")[0, 0].tolist() == [[7, 6, 5, 4], [3, 2, 1, 0]]
+    assert torch.equal(rot90_matrix((2, 4), 0, 1, 4), torch.eye(2, dtype=torch.float64))
+    # on a square plane it is the plain rotation matrix
+    assert rot90_matrix((5, 5), 0, 1, 1).tolist() == [[0.0, -1.0], [1.0, 0.0]]
+
+
+def test_rot90_fires_on_non_square_patches_and_targets_follow():
+    """LA's 3.5 mm patch (16 x 28 x 36, in-plane 28 x 36): quarter turns happen, and the pseudo-labels and
+    confidences are warped exactly as the image; voxels rotated in from outside the patch are ignore (-1) / 0."""
+    g = torch.Generator().manual_seed(3)
+    mats = affine_matrices(64, (4, 28, 36), 0, 0.0, (1.0, 1.0), 1.0, g)
+    quarter = (mats[:, 1, 1].abs() < 1e-6) & (mats[:, 1, 2].abs() > 0)
+    assert quarter.any() and (~quarter).any()
+    assert torch.allclose(mats[quarter][:, 1, 2].abs(), torch.tensor(36 / 28))
+
+    labels = torch.randint(0, 3, (6, 4, 28, 36))
+    images = labels[:, None].float()
+    conf = torch.ones(6, 4, 28, 36)
+    aug = StrongAugmentation(p_rot_flip=1.0, through_plane_axis=0, p_cutmix=0.0, p_brightness=0, p_contrast=0,
+                             p_noise=0)
+    out, params = aug(images, generator=g)
+    warped, warped_conf = params.apply_to_targets(labels, conf)
+    turned = (params.affine[:, 1, 1].abs() < 1e-6)
+    assert turned.any()
+    inside = warped >= 0
+    assert torch.allclose(out[:, 0][inside], warped[inside].float(), atol=1e-4)
+    # a quarter turn of 28 x 36 leaves (36 - 28) / 2 = 4 columns of ignore at each side of the wider axis
+    assert (warped[turned] == -1).float().mean().item() == pytest.approx(8 / 36, abs=1e-6)
+    assert torch.equal(warped_conf == 0, warped == -1)
