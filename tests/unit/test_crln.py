@@ -1,5 +1,6 @@
 """CRLN formulas and wiring on tiny tensors (spec crln.md §11)."""
 import math
+from dataclasses import replace as dataclasses_replace
 from types import SimpleNamespace
 
 import pytest
@@ -13,8 +14,10 @@ from torch import nn
 
 from nnunet_ssl.modules.ema import EMATeacher
 from nnunet_ssl.modules.heads import ProjectionHead
-from nnunet_ssl.trainers.crln import (CRLNNet, cps_loss, cps_positive, image_weighted_nll, nnUNetTrainerCRLN,
-                                      nnUNetTrainerCRLN_codeCPSWeight, nnUNetTrainerCRLN_tiny, prototype_descriptors,
+from nnunet_ssl.trainers.crln import (CPSProjectionHead, CRLNNet, cps_loss, cps_positive, image_weighted_nll,
+                                      nnUNetTrainerCRLN, nnUNetTrainerCRLN_codeCPSWeight, nnUNetTrainerCRLN_mlpCPSHead,
+                                      nnUNetTrainerCRLN_paperCPSWeight, nnUNetTrainerCRLN_squareOnlyRotation,
+                                      nnUNetTrainerCRLN_tiny, prototype_descriptors,
                                       rectification_loss, rectify_logits, sample_cps_indices)
 
 from conftest import load_script
@@ -231,7 +234,8 @@ def bare_trainer(ssl_step=10, dim=3):
     net = tiny_crln(dim, 3, 2)
     trainer.network = net
     trainer.teachers = {"teacher": EMATeacher(net, 0.99)}
-    trainer.extra_modules = nn.ModuleDict({"cps_head": ProjectionHead(4, 2, 2, dim)})
+    trainer.configuration_manager = SimpleNamespace(patch_size=(8,) * dim)
+    trainer.extra_modules = nn.ModuleDict(trainer.build_extra_modules())  # the trainer's own CPS head
     trainer.loss = DeepSupervisionWrapper(
         DC_and_CE_loss({"batch_dice": True, "smooth": 1e-5, "do_bg": False, "ddp": False}, {}, weight_ce=1,
                        weight_dice=1, ignore_label=None, dice_class=MemoryEfficientSoftDiceLoss), [4 / 7, 2 / 7, 1 / 7])
@@ -427,3 +431,38 @@ def test_cps_term_scales_with_its_weight_alone():
     default, code = results
     assert code["cps"] > 0 and default["cps"] == pytest.approx(0.1 * code["cps"], rel=1e-5)
     assert all(default[k] == pytest.approx(code[k], rel=1e-6) for k in ("sup", "dim", "unsup"))
+
+
+# ------------------------------------------------------------------------------- CPS head, rotation, weight
+@pytest.mark.parametrize("dim", [2, 3])
+def test_cps_head_is_the_spec_head(dim):
+    """Spec §3.1: conv 3^k (C -> M, no bias) -> BN -> ReLU -> conv 1^k (M -> M), embeddings not normalised."""
+    trainer = nnUNetTrainerCRLN.__new__(nnUNetTrainerCRLN)
+    trainer.network = tiny_crln(dim, 3, 2)
+    trainer.configuration_manager = SimpleNamespace(patch_size=(8,) * dim)
+    head = trainer.build_extra_modules()["cps_head"]
+    assert isinstance(head, CPSProjectionHead)
+    conv3, norm, relu, conv1 = head.net
+    conv, bn = (nn.Conv3d, nn.BatchNorm3d) if dim == 3 else (nn.Conv2d, nn.BatchNorm2d)
+    assert isinstance(conv3, conv) and conv3.kernel_size == (3,) * dim and conv3.bias is None
+    assert (conv3.in_channels, conv3.out_channels) == (4, trainer.num_prototypes)  # last decoder stage: 4 channels
+    assert isinstance(norm, bn) and isinstance(relu, nn.ReLU)
+    assert isinstance(conv1, conv) and conv1.kernel_size == (1,) * dim and conv1.out_channels == trainer.num_prototypes
+    emb = head(torch.randn(2, 4, *(6,) * dim))
+    assert emb.shape == (2, trainer.num_prototypes, *(6,) * dim)
+    assert not torch.allclose(emb.norm(dim=1), torch.ones(()))  # raw embeddings: the InfoNCE takes cosines
+    mlp = nnUNetTrainerCRLN_mlpCPSHead.__new__(nnUNetTrainerCRLN_mlpCPSHead)
+    mlp.network, mlp.configuration_manager = trainer.network, trainer.configuration_manager
+    assert isinstance(mlp.build_extra_modules()["cps_head"], ProjectionHead)
+
+
+def test_crln_strong_view_turns_non_square_patches_and_the_variants_keep_the_old_settings():
+    assert nnUNetTrainerCRLN.strong_augmentation.rotate_non_square
+    assert nnUNetTrainerCRLN.strong_augmentation.p_rot_flip == 0.5
+    assert not nnUNetTrainerCRLN_squareOnlyRotation.strong_augmentation.rotate_non_square
+    assert nnUNetTrainerCRLN.cps_head == "spec" and nnUNetTrainerCRLN_mlpCPSHead.cps_head == "mlp"
+    assert nnUNetTrainerCRLN_paperCPSWeight.cps_weight == 0.5 == nnUNetTrainerCRLN_codeCPSWeight.cps_weight
+    aug = nnUNetTrainerCRLN.strong_augmentation
+    g = torch.Generator().manual_seed(0)
+    _, params = dataclasses_replace(aug, through_plane_axis=0)(torch.randn(8, 1, 4, 28, 36), generator=g)
+    assert (params.affine[:, 1, 1].abs() < 1e-6).any()  # some sample got a quarter turn on 28 x 36

@@ -128,6 +128,24 @@ class DynamicInteractionModule(nn.Module):
         return (relation_map, proximity) if return_proximity else relation_map
 
 
+class CPSProjectionHead(nn.Module):
+    """CPS's projection head as spec §3.1 (the authors' representation head on the last decoder features):
+    conv 3^k (C -> M, no bias) -> BatchNorm -> ReLU -> conv 1^k (M -> M).
+
+    The embeddings are not L2-normalised here: the CPS InfoNCE compares cosines, and the class means r̄_c that
+    become its positives average the raw embeddings, as in the authors' code."""
+
+    def __init__(self, in_channels: int, out_channels: int, dim: int):
+        super().__init__()
+        conv = nn.Conv3d if dim == 3 else nn.Conv2d
+        norm = nn.BatchNorm3d if dim == 3 else nn.BatchNorm2d
+        self.net = nn.Sequential(conv(in_channels, out_channels, 3, padding=1, bias=False), norm(out_channels),
+                                 nn.ReLU(inplace=True), conv(out_channels, out_channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
 class Rectifier(nn.Module):
     """The scalar ``a`` of eq. (8), initialised to 0, trained only by eq. (16) with its own optimizer."""
 

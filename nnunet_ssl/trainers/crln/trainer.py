@@ -15,7 +15,7 @@ from nnunet_ssl.modules.features import decoder_stage_channels
 from nnunet_ssl.modules.heads import ProjectionHead
 from nnunet_ssl.trainers.base import first_output, split_batch
 from nnunet_ssl.trainers.crln.losses import cps_loss, image_weighted_nll, prototype_descriptors, rectification_loss
-from nnunet_ssl.trainers.crln.network import CRLNNet, negative_stage
+from nnunet_ssl.trainers.crln.network import CPSProjectionHead, CRLNNet, negative_stage
 from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
 
 
@@ -50,18 +50,24 @@ class nnUNetTrainerCRLN(nnUNetTrainerMeanTeacher):
                                              noise_std=0.1, noise_clip=0.2)
     # --- CPS (§3) ----------------------------------------------------------------------------------------------
     use_cps: bool = True
-    # the code's 0.5 (`_codeCPSWeight`) let CPS drive nnU-Net's network: on LA (3.5 mm plans) its gradient was ~10x
-    # the supervised one at the end of training, its InfoNCE near chance level, held-out Dice 3 points lower
+    # the paper's 0.5 (`_paperCPSWeight`) let CPS drive nnU-Net's network on LA fold 0 (3.5 mm plans): its gradient
+    # was ~10x the supervised one at the end of training, its InfoNCE near chance level, held-out Dice 3 points
+    # lower. Pre-registered rule: 0.05 stays only if it scores higher than 0.5 on each of LA folds 1 and 2.
     cps_weight: float = 0.05
     cps_stage: int = -1                   # decoder stage the projection head reads (-1: full resolution)
+    # 'spec': conv3 -> BN -> ReLU -> conv1, unnormalised (§3.1, the authors' head); 'mlp': conv1 -> LeakyReLU ->
+    # conv1, L2-normalised (the head used before 0.2, kept to reproduce its records)
+    cps_head: str = "spec"
     cps_weak_threshold: float = 0.7       # γ: unlabelled voxels below it are invalid
     cps_uncertain_threshold: float = 0.97  # anchors: student p_c below it
     cps_temperature: float = 0.5
     cps_num_anchors: int = 256
     cps_num_negatives: int = 512
     cps_positive: str = "combined"        # 'combined' | 'mean' (MR) | 'prototype' (LP)
-    # P̃ from 'queries': the teacher's trained prototype queries q(LN(P)); 'parameter': the raw parameter P as
-    # coded by the authors, whose channel means stay 0 (P̃ = 0: the positive then equals the class mean)
+    # Deviation from the authors' code (spec §3.5 builds P̃ from the raw prototype parameter P): P̃ comes from the
+    # teacher's trained prototype queries q(LN(P)). P is used only through a LayerNorm, so its channel means never
+    # receive a gradient and stay at their initial 0; the authors' P̃ is then 0 and their positive the class mean
+    # (the 'MR' ablation). 'parameter' (`_rawPrototypeDescriptor`) restores the code's choice.
     cps_prototype_source: str = "queries"
     cps_xi: float = 0.6                   # fixed ξ (code)
     cps_xi_random: bool = False           # paper: ξ ~ U(0, cps_xi_max) per step
@@ -82,6 +88,8 @@ class nnUNetTrainerCRLN(nnUNetTrainerMeanTeacher):
         if self.cps_prototype_source not in ("queries", "parameter"):
             raise ValueError(f"{type(self).__name__}.cps_prototype_source must be 'queries' or 'parameter', "
                              f"got {self.cps_prototype_source!r}")
+        if self.cps_head not in ("spec", "mlp"):
+            raise ValueError(f"{type(self).__name__}.cps_head must be 'spec' or 'mlp', got {self.cps_head!r}")
         if self.cps_positive not in ("combined", "mean", "prototype"):
             raise ValueError(f"{type(self).__name__}.cps_positive must be 'combined', 'mean' or 'prototype', "
                              f"got {self.cps_positive!r}")
@@ -105,7 +113,9 @@ class nnUNetTrainerCRLN(nnUNetTrainerMeanTeacher):
         # embedding dim = M so that the prototype descriptors P̃_c (M-vectors) can be mixed into positives
         channels = decoder_stage_channels(self.network, self.cps_stage)
         dim = len(self.configuration_manager.patch_size)
-        return {"cps_head": ProjectionHead(channels, self.num_prototypes, self.num_prototypes, dim)}
+        if self.cps_head == "mlp":
+            return {"cps_head": ProjectionHead(channels, self.num_prototypes, self.num_prototypes, dim)}
+        return {"cps_head": CPSProjectionHead(channels, self.num_prototypes, dim)}
 
     def configure_optimizers(self):
         rectifier = {id(p) for p in self.student.rectifier.parameters()}
