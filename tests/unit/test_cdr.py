@@ -263,7 +263,7 @@ def test_compute_losses_reaches_both_networks_and_heads():
     torch.manual_seed(0)
     t = bare_trainer(nnUNetTrainerCDR, unsup_rampup=0.0, region_size=4)
     losses, diag = t.compute_losses(*_batch(), truth_u=None)
-    assert set(losses) == {"sup", "sup_b", "review", "cons", "rkd", "inter", "intra"}
+    assert set(losses) == {"sup", "sup_b", "review", "cons", "rkd", "inter", "intra", "intra_kd"}
     assert all(torch.isfinite(v) and v.item() >= 0 for v in losses.values())
     assert diag["a_led"].item() in (0.0, 1.0) and 0.0 <= diag["agreement"].item() <= 1.0
     sum(losses.values()).backward()
@@ -273,15 +273,94 @@ def test_compute_losses_reaches_both_networks_and_heads():
         assert _grad_norm(t.extra_modules[name]) > 0, name
 
 
+def _mcf_dice_loss_by_hand(net, data_l, seg):
+    """MCF's squared-denominator Dice loss of one network on the labelled images, written out here (not the
+    code's function): 1 − (2Σpg + ε)/(Σp² + Σg² + ε) per foreground class over the batch, averaged."""
+    with torch.no_grad():
+        p = torch.softmax(first_output(net(data_l)).float(), 1)
+    g = F.one_hot(seg[:, 0].long(), NUM_CLASSES).movedim(-1, 1).float()
+    losses = [1 - (2 * (p[:, c] * g[:, c]).sum() + 1e-5) / ((p[:, c] ** 2).sum() + (g[:, c] ** 2).sum() + 1e-5)
+              for c in range(1, NUM_CLASSES)]
+    return sum(losses) / len(losses)
+
+
+@pytest.mark.parametrize("spoiled", ["net_a", "net_b"])
 @pytest.mark.parametrize("term", ["cons", "rkd"])
-def test_consistency_and_regional_kd_only_train_the_non_leader(term):
+def test_consistency_and_regional_kd_only_train_the_non_leader(term, spoiled):
+    """The leader is decided here from each network's own labelled Dice loss (computed by hand, not read from the
+    trainer's diagnostics); one network is spoiled so that the other must lead. Swapping the two Dice losses in
+    the leader test, or the directions of the terms, sends the gradient to the wrong network."""
     torch.manual_seed(1)
-    t = bare_trainer(nnUNetTrainerCDR, unsup_rampup=0.0, region_size=4)
-    losses, diag = t.compute_losses(*_batch(1), truth_u=None)
+    t = bare_trainer(nnUNetTrainerCDR, unsup_rampup=0.0, region_size=4, dropout_p=0.0)
+    with torch.no_grad():  # a spoiled network predicts the inverse of its logits: far worse than the other
+        getattr(t.student, spoiled).decoder.seg_layers[-1].weight.mul_(-50)
+    data_l, target_l, data_u = _batch(1)
+    dice_a = _mcf_dice_loss_by_hand(t.student.net_a, data_l, target_l[0])
+    dice_b = _mcf_dice_loss_by_hand(t.student.net_b, data_l, target_l[0])
+    leader, other = ("net_a", "net_b") if dice_a <= dice_b else ("net_b", "net_a")
+    assert other == spoiled
+    losses, _ = t.compute_losses(data_l, target_l, data_u, truth_u=None)
     losses[term].backward()
-    leader, other = ("net_a", "net_b") if diag["a_led"].item() == 1.0 else ("net_b", "net_a")
     assert _grad_norm(getattr(t.student, leader)) == 0
     assert _grad_norm(getattr(t.student, other)) > 0
+
+
+def test_intra_terms_are_weighted_by_the_ramped_contrast_weight():
+    """λ_c(t) multiplies both intra terms (InfoNCE and KD): the same step with λ_c max 0.1 and 0.3 gives 3x the
+    terms; at step 0 of a ramp over 40 % of 10 iterations the weight is 0.1·exp(−5), at step 2 0.1·exp(−1.25)."""
+    def intra_terms(step=0, **attrs):
+        torch.manual_seed(5)
+        t = bare_trainer(nnUNetTrainerCDR, region_size=4, mask_same_class_negatives=False, **attrs)
+        t.ssl_step = step
+        losses, diag = t.compute_losses(*_batch(5), truth_u=None)
+        return losses["intra"].item(), losses["intra_kd"].item(), diag["contrast_weight"].item()
+
+    base = intra_terms(unsup_rampup=0.0, contrast_weight=0.1)
+    tripled = intra_terms(unsup_rampup=0.0, contrast_weight=0.3)
+    assert base[0] > 0 and base[1] > 0
+    assert tripled[0] == pytest.approx(3 * base[0], rel=1e-5) and tripled[1] == pytest.approx(3 * base[1], rel=1e-5)
+    ramp0 = intra_terms(unsup_rampup=0.4, contrast_weight=0.1)
+    assert ramp0[2] == pytest.approx(0.1 * math.exp(-5), rel=1e-6)
+    assert ramp0[0] == pytest.approx(base[0] * math.exp(-5), rel=1e-5)
+    assert ramp0[1] == pytest.approx(base[1] * math.exp(-5), rel=1e-5)
+    ramp2 = intra_terms(step=2, unsup_rampup=0.4, contrast_weight=0.1)
+    assert ramp2[0] == pytest.approx(base[0] * math.exp(-1.25), rel=1e-5)
+
+
+def test_intra_regional_kd_hand_value():
+    """One region of two voxels, two classes, β = 1, T = 0.1. Clean p_fg = (0.6, 0.2), noisy p_fg = (0.5, 0.4).
+    Sharpened clean fg: 0.6¹⁰/(0.6¹⁰ + 0.4¹⁰) = 0.982954 and 0.2¹⁰/(0.2¹⁰ + 0.8¹⁰) = 9.5367e-7; target fg =
+    their mean 0.491477, bg 0.508523; noisy region fg 0.45, bg 0.55. Disagreement ½Σ|Δ| = (0.1, 0.2), mean 0.15,
+    w = 1.15. Loss = 1.15 · mean over classes of (0.45 − 0.491477)² = 1.15 · 0.00172034."""
+    t = bare_trainer(nnUNetTrainerCDR, region_size=2)
+    clean_fg, noisy_fg = torch.tensor([0.6, 0.2]), torch.tensor([0.5, 0.4])
+    clean = torch.stack((1 - clean_fg, clean_fg)).view(1, 2, 1, 1, 2)
+    noisy = torch.stack((1 - noisy_fg, noisy_fg)).view(1, 2, 1, 1, 2).requires_grad_()
+    target_fg = (0.6 ** 10 / (0.6 ** 10 + 0.4 ** 10) + 0.2 ** 10 / (0.2 ** 10 + 0.8 ** 10)) / 2
+    expected = 1.15 * (0.45 - target_fg) ** 2
+    loss = t._intra_regional_kd(clean, noisy, 2)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert noisy.grad.abs().sum() > 0  # the noisy pass is the student; the clean target is a constant
+
+
+def test_training_dropout_acts_in_training_only_and_leaves_the_export_unchanged():
+    torch.manual_seed(6)
+    t = bare_trainer(nnUNetTrainerCDR, region_size=4)
+    net = t.student.net_a
+    plain = bare_trainer(nnUNetTrainerCDR, region_size=4, dropout_p=0.0).student.net_a
+    plain.load_state_dict(net.state_dict())
+    assert net.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(1, 1, 8, 8, 8)
+    net.train(), plain.train()
+    with torch.no_grad():
+        assert not torch.allclose(first_output(net(x)), first_output(net(x)))  # two stochastic passes
+        assert torch.allclose(first_output(plain(x)), first_output(plain(x)))
+        net.eval(), plain.eval()
+        assert torch.equal(first_output(net(x)), first_output(plain(x)))
+    assert cdr.add_training_dropout(plain, 0.0) is None
+    with pytest.raises(ValueError, match="dropout_p"):
+        cdr.add_training_dropout(plain, 1.0)
 
 
 def test_inter_and_intra_terms_reach_each_network():
@@ -332,7 +411,8 @@ def test_regional_contrast_is_alive_on_a_small_structure_with_patch_scaled_regio
 
 
 @pytest.mark.parametrize("variant, noisy_grad", [(cdr.nnUNetTrainerCDR_detachedNoisyPass, False),
-                                                 (cdr.nnUNetTrainerCDR_noisyPassIntra, True)])
+                                                 (cdr.nnUNetTrainerCDR_noisyPassIntra, True),
+                                                 (nnUNetTrainerCDR, True)])
 def test_noisy_pass_variants_run_a_second_pass_with_or_without_gradient(variant, noisy_grad):
     torch.manual_seed(2)
     t = bare_trainer(variant, unsup_rampup=0.0, region_size=4)
@@ -351,9 +431,9 @@ def test_noisy_pass_variants_run_a_second_pass_with_or_without_gradient(variant,
     assert _grad_norm(t.extra_modules["head_a"]) > 0 and _grad_norm(t.extra_modules["head_b"]) > 0
 
 
-def test_default_intra_term_needs_no_second_pass_and_trains_encoder_and_decoder():
+def test_deep_to_shallow_intra_term_needs_no_second_pass_and_trains_encoder_and_decoder():
     torch.manual_seed(2)
-    t = bare_trainer(nnUNetTrainerCDR, unsup_rampup=0.0, region_size=4,
+    t = bare_trainer(cdr.nnUNetTrainerCDR_deepToShallowIntra, unsup_rampup=0.0, region_size=4,
                      mask_same_class_negatives=False)
     assert set(t.extra_modules) == {"head_a", "head_b", "bottleneck_head_a", "bottleneck_head_b"}
     calls, forward = [], t._forward_with_features
@@ -384,9 +464,11 @@ def test_intra_pair_setting_is_checked():
 def test_ablation_variants_select_terms():
     expected = {cdr.nnUNetTrainerCDR_noRegionalContrast: {"sup", "sup_b", "review", "cons", "rkd"},
                 cdr.nnUNetTrainerCDR_interOnly: {"sup", "sup_b", "review", "cons", "rkd", "inter"},
-                cdr.nnUNetTrainerCDR_intraOnly: {"sup", "sup_b", "review", "cons", "rkd", "intra"},
+                cdr.nnUNetTrainerCDR_intraOnly: {"sup", "sup_b", "review", "cons", "rkd", "intra", "intra_kd"},
                 cdr.nnUNetTrainerCDR_MCF: {"sup", "sup_b", "review", "cons"},
-                cdr.nnUNetTrainerCDR_singleNetwork: {"sup", "intra"}}
+                cdr.nnUNetTrainerCDR_singleNetwork: {"sup", "intra", "intra_kd"},
+                cdr.nnUNetTrainerCDR_noIntraKD: {"sup", "sup_b", "review", "cons", "rkd", "inter", "intra"},
+                cdr.nnUNetTrainerCDR_deepToShallowIntra: {"sup", "sup_b", "review", "cons", "rkd", "inter", "intra"}}
     for cls, keys in expected.items():
         torch.manual_seed(3)
         t = bare_trainer(cls, region_size=4)
@@ -456,14 +538,18 @@ def test_compute_losses_wiring_weights_targets_and_unlabelled_consistency():
     """λ and λ_c multiply their terms; the voxel consistency uses the unlabelled samples only; the regional KD
     target is the leader's voxel-sharpened, region-pooled prediction (detached)."""
     torch.manual_seed(3)
-    kwargs = dict(unsup_rampup=0.0, region_size=4, use_intra_contrast=False, unsup_weight=0.3)
+    # no dropout, so that the forward recomputed here is the trainer's
+    kwargs = dict(unsup_rampup=0.0, region_size=4, use_intra_contrast=False, unsup_weight=0.3, dropout_p=0.0)
     t = bare_trainer(nnUNetTrainerCDR, contrast_weight=0.7, **kwargs)
     data_l, target_l, data_u = _batch(3)
     losses, diag = t.compute_losses(data_l, target_l, data_u, truth_u=None)
     x = torch.cat((data_l, data_u))
     with torch.no_grad():
         p = {k: torch.softmax(first_output(getattr(t.student, f"net_{k}")(x)), 1) for k in "ab"}
-    lead = diag["a_led"]
+    # the leader from the networks' own labelled Dice losses, computed by hand (not the trainer's diagnostics)
+    lead = torch.tensor(float(_mcf_dice_loss_by_hand(t.student.net_a, data_l, target_l[0]) <=
+                              _mcf_dice_loss_by_hand(t.student.net_b, data_l, target_l[0])))
+    assert diag["a_led"].item() == lead.item()
     mse = lambda s, target, w=None: (((s - target) ** 2).mean(1) * (1 if w is None else w)).mean()
     cons = lead * mse(p["b"][2:], sharpen(p["a"][2:], 0.1)) + (1 - lead) * mse(p["a"][2:], sharpen(p["b"][2:], 0.1))
     assert losses["cons"].item() == pytest.approx(0.3 * cons.item(), rel=1e-4)

@@ -15,7 +15,7 @@ from nnunet_ssl.trainers.cdr.losses import (directed_by_leader, disagreement_rev
                                             patch_scaled_region_size, pool_regions, pool_regions_from_coarser,
                                             regional_info_nce, regional_kd_target, sharpen, squared_dice_loss,
                                             symmetric_region_nce, voxel_disagreement, weighted_mse)
-from nnunet_ssl.trainers.cdr.network import FirstNetworkOnly
+from nnunet_ssl.trainers.cdr.network import FirstNetworkOnly, add_training_dropout
 from nnunet_ssl.trainers.dual_base import nnUNetTrainerDualSSL
 
 
@@ -43,18 +43,21 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
     inter_stop_gradient = "targets"  # 'targets' | 'leader' (MCF-faithful: only the non-leader is pulled) | 'none'
     disagreement_measure = "probability"  # 'probability' (½Σ|p_A − p_B|) | 'argmax' (XOR fraction)
     disagreement_beta = 1.0          # β of w_r = 1 + β·disagreement
-    intra_pair = "deep_to_shallow"   # what the intra term contrasts a region of the last decoder stage with:
-                                     # 'deep_to_shallow' (the same region of the bottleneck, same pass: spec §4.3's
-                                     # cheaper alternative, no second pass) or 'noisy_pass' (the same region in a
-                                     # second pass on a noisy copy: the spec's first choice, 1.8x the step time)
+    intra_pair = "noisy_pass"        # what the intra term pairs a region with (spec §4.3): 'noisy_pass' (the same
+                                     # region in a second stochastic pass of the same network on a noisy copy: the
+                                     # paper's term) or 'deep_to_shallow' (the same region of the bottleneck in the
+                                     # same pass: the spec's cheaper alternative, `_deepToShallowIntra`)
+    use_intra_kd = True              # 'noisy_pass': regional KD between the two passes as well as InfoNCE (§4.3)
     intra_noise_std = 0.1            # 'noisy_pass': input + clip(N(0, σ²), ±clip) (UA-MT RandomNoise)
     intra_noise_clip = 0.2
     intra_noisy_pass_grad = True     # False: the noisy pass is a no-grad target (InfoNCE clean -> noisy only), which
-                                     # saves both networks' second backward (about a third of _noisyPassIntra's step)
+                                     # saves both networks' second backward (about a third of the two-pass step)
+    dropout_p = 0.5                  # channel dropout on the last decoder stage's output in training (MCF's VNet,
+                                     # spec §4.3 "both nets have dropout on"): the two passes differ by it and noise
     max_contrast_regions = 4096      # random subset of regions above this (the similarity matrix is N²)
     single_network = False           # ablation: net A alone (supervised + intra-network contrast)
 
-    ssl_log_keys = ("sup_b_loss", "review_loss", "cons_loss", "rkd_loss", "inter_loss", "intra_loss",
+    ssl_log_keys = ("sup_b_loss", "review_loss", "cons_loss", "rkd_loss", "inter_loss", "intra_loss", "intra_kd_loss",
                     "unsup_weight", "contrast_weight", "agreement", "a_led", "pseudo_label_dice",
                     "region_disagreement", "inter_nce", "intra_nce", "nce_negative_share")
 
@@ -106,6 +109,8 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
         self.extra_optimizers["net_b"].add_param_group({"params": head_b})
 
     def _setup_feature_taps(self):
+        for k in ("a", "b"):  # dropout first: hooks run in order, so the taps and the seg head see dropped features
+            add_training_dropout(getattr(self.student, f"net_{k}"), self.dropout_p)
         self.feature_taps = {k: DecoderFeatureTap(getattr(self.student, f"net_{k}"), [-1], self._deep_to_shallow())
                              for k in ("a", "b")}
 
@@ -219,15 +224,18 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
             if not deep_to_shallow:
                 noise = (torch.randn_like(x) * self.intra_noise_std).clamp(-self.intra_noise_clip,
                                                                            self.intra_noise_clip)
-            intra = []
+            intra, intra_kd = [], []
             for k in nets:
                 if deep_to_shallow:  # the same regions seen by the bottleneck of the same pass
                     pooled = pool_regions_from_coarser(deep_feats[k], x.shape[2:], region_size)
                     z_other = flatten_regions(self.extra_modules[f"bottleneck_head_{k}"](pooled))
                 else:
                     with torch.set_grad_enabled(self.intra_noisy_pass_grad):
-                        _, feats_noisy, _ = self._forward_with_features(k, x + noise)
+                        out_noisy, feats_noisy, _ = self._forward_with_features(k, x + noise)
                         z_other = self._region_embeddings(k, feats_noisy, region_size)
+                    if self.use_intra_kd:
+                        intra_kd.append(self._intra_regional_kd(
+                            probs[k], torch.softmax(first_output(out_noisy).float(), 1), region_size))
                 if deep_to_shallow or self.intra_noisy_pass_grad:
                     nce_1, nce_2 = symmetric_region_nce(pick(z[k]), pick(z_other), self.contrast_temperature,
                                                         pick(weights), "targets", region_class=region_class)
@@ -236,10 +244,26 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
                     intra.append(regional_info_nce(pick(z[k]), pick(z_other), self.contrast_temperature,
                                                    pick(weights), region_class))
             losses["intra"] = lam_c * sum(intra)
+            if intra_kd:
+                losses["intra_kd"] = lam_c * sum(intra_kd)
             diag["intra_nce"] = torch.stack(intra).mean().detach()
         else:
             diag["intra_nce"] = torch.tensor(NAN)
         return losses, diag
+
+    def _intra_regional_kd(self, probs_clean: torch.Tensor, probs_noisy: torch.Tensor, region_size) -> torch.Tensor:
+        """Regional KD between the two passes of one network (spec §4.3: the inter terms within a network): the
+        pass with gradient matches the other's voxel-sharpened, region-averaged probabilities, each region weighted
+        by ``1 + β·disagreement`` of the two passes. The noisy pass learns from the clean one; with a no-grad noisy
+        pass (``intra_noisy_pass_grad=False``) the clean pass learns from it instead."""
+        with torch.no_grad():
+            weights = disagreement_weights(flatten_regions(pool_regions(
+                voxel_disagreement(probs_clean, probs_noisy, self.disagreement_measure), region_size))[:, 0],
+                self.disagreement_beta)
+        student, teacher = (probs_noisy, probs_clean) if self.intra_noisy_pass_grad else (probs_clean, probs_noisy)
+        target = regional_kd_target(teacher.detach(), region_size, self.sharpen_temperature,
+                                    self.regional_kd_sharpen_first)
+        return weighted_mse(flatten_regions(pool_regions(student, region_size)), target, weights)
 
     # ------------------------------------------------------------------------------ leader statistics, --c
     def train_step(self, batch: dict) -> dict:

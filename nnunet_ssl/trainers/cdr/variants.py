@@ -49,10 +49,27 @@ class nnUNetTrainerCDR_leaderStopGrad(nnUNetTrainerCDR):
     inter_stop_gradient = "leader"
 
 
+class nnUNetTrainerCDR_deepToShallowIntra(nnUNetTrainerCDR):
+    """Spec §4.3's cheaper alternative (the default of the last 0.2 development builds): the intra term contrasts
+    each region's last-decoder-stage embedding with the same region seen by the bottleneck in the same pass (its own
+    projection head), no second pass and no intra KD; about 0.55x the default's step time on LA's CPU plans."""
+    intra_pair = "deep_to_shallow"
+
+
+class nnUNetTrainerCDR_noIntraKD(nnUNetTrainerCDR):
+    """Ablation: the two-pass intra term with InfoNCE only (no regional KD between the passes)."""
+    use_intra_kd = False
+
+
+class nnUNetTrainerCDR_noDropout(nnUNetTrainerCDR):
+    """Ablation: no dropout on the last decoder stage (the two passes differ by the input noise only)."""
+    dropout_p = 0.0
+
+
 class nnUNetTrainerCDR_noisyPassIntra(nnUNetTrainerCDR):
-    """Before 0.2: the intra term pairs each region with the same region of a second pass of the same network on a
-    noisy copy of the input (both passes with gradient; about 1.8x the default's step time)."""
-    intra_pair = "noisy_pass"
+    """The two-pass intra term as measured before 0.2 (its LA record): InfoNCE only, no KD, no dropout."""
+    use_intra_kd = False
+    dropout_p = 0.0
 
 
 class nnUNetTrainerCDR_detachedNoisyPass(nnUNetTrainerCDR_noisyPassIntra):
