@@ -9,23 +9,26 @@ from nnunet_ssl.trainers.mean_teacher import nnUNetTrainerMeanTeacher
 
 
 class SignClassifier(nn.Module):
-    """Two-class logits ±scale·x: the label is (x > 0), so which input a prediction came from is readable."""
+    """Two-class logits ±scale·(x − offset): the label is (x > offset), so which input and which network a
+    prediction came from is readable."""
 
-    def __init__(self, scale: float):
+    def __init__(self, scale: float, offset: float = 0.0):
         super().__init__()
         self.scale = nn.Parameter(torch.tensor(scale))
+        self.register_buffer("offset", torch.tensor(offset))
 
     def forward(self, x):
-        return torch.cat((-x, x), dim=1) * self.scale
+        return torch.cat((-(x - self.offset), x - self.offset), dim=1) * self.scale
 
 
-def bare_mean_teacher(student_scale=1.0, teacher_scale=1.0, **attrs):
+def bare_mean_teacher(student_scale=1.0, teacher_scale=1.0, student_offset=0.0, teacher_offset=0.0, **attrs):
     cls = type("BareMeanTeacher", (nnUNetTrainerMeanTeacher,), dict(attrs))
     t = object.__new__(cls)
-    t.network = SignClassifier(student_scale)
+    t.network = SignClassifier(student_scale, student_offset)
     t.teachers = {"teacher": EMATeacher(t.network)}
     with torch.no_grad():
         t.teachers["teacher"].module.scale.fill_(teacher_scale)
+        t.teachers["teacher"].module.offset.fill_(teacher_offset)
     t.loss = lambda output, target: output.sum() * 0.0
     t.label_manager = type("LM", (), {"num_segmentation_heads": 2})()
     t.device = torch.device("cpu")
@@ -36,20 +39,28 @@ def bare_mean_teacher(student_scale=1.0, teacher_scale=1.0, **attrs):
 
 
 def test_mean_teacher_labels_come_from_the_teacher_on_the_weak_view(monkeypatch):
-    """Pseudo-labels: the teacher's argmax on the weak view. The student's prediction (opposite sign) and the
-    strong input (negated) would both give the inverted labels."""
+    """Pseudo-labels: the teacher's argmax on the weak view. The four (network, view) pairs give four different
+    label maps here, so no two wrong choices can cancel: the teacher thresholds at 0 and the student at 5; the
+    strong copy is the weak view + 10. Teacher on weak: (weak > 0), both classes; student on weak: all 0; teacher
+    or student on strong: all 1."""
     import nnunet_ssl.trainers.mean_teacher as mt
     seen = []
     real = mt.weighted_cross_entropy
     monkeypatch.setattr(mt, "weighted_cross_entropy", lambda logits, labels, w: (seen.append(labels), real(logits, labels, w))[1])
-    t = bare_mean_teacher(student_scale=-1.0, teacher_scale=50.0, confidence_threshold=0.5,
+    t = bare_mean_teacher(student_scale=1.0, teacher_scale=50.0, student_offset=5.0, teacher_offset=0.0,
+                          confidence_threshold=0.5,
                           strong_augmentation=StrongAugmentation(p_cutmix=0, p_brightness=0, p_contrast=0, p_noise=0))
     torch.manual_seed(0)
     weak = torch.randn(2, 1, 4, 4, 4)
-    t._strong_input_u = -weak  # the loader's strong copy
+    t._strong_input_u = weak + 10  # the loader's strong copy
     data_l, target_l = torch.randn(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4)
+    expected = (weak[:, 0] > 0).long()
+    assert 0 < expected.float().mean() < 1
+    wrong = {"student on weak": (weak[:, 0] > 5).long(), "teacher on strong": (weak[:, 0] + 10 > 0).long(),
+             "student on strong": (weak[:, 0] + 10 > 5).long()}
+    assert all(not torch.equal(expected, w) for w in wrong.values())
     t.compute_losses(data_l, target_l, weak, None)
-    assert torch.equal(seen[-1], (weak[:, 0] > 0).long())
+    assert torch.equal(seen[-1], expected)
 
 
 def test_strong_view_starts_from_the_loaders_copy():

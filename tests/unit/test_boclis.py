@@ -410,3 +410,31 @@ def test_pseudo_label_loss_hand_value_over_deep_supervision():
     bad = level(2)
     bad[1, 1] = -50.0  # a level with weight 0 would add a huge loss
     assert trainer.pseudo_label_loss([level(4), bad], 1, labels, reliability).item() == pytest.approx(value, rel=1e-5)
+
+
+def test_pseudo_label_loss_with_its_default_dice_term_hand_value():
+    """The default L_u (weighted CE + soft Dice, the Dice unweighted, foreground only, batch Dice). As above,
+    p_fg = 3/4 everywhere and the right half is foreground: at 4 x 4, Σp·y = 8·3/4 = 6, Σp = 12, Σy = 8, so the
+    soft Dice is (2·6)/(12 + 8) = 0.6 and the term adds 1 − 0.6 = 0.4; at 2 x 2 (nearest downsampling keeps the right
+    column) 1.5, 3 and 2 give 0.6 again. Per level CE + 0.4, with the weights (0.8, 0.2): CE + 0.4."""
+    from types import SimpleNamespace
+
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    assert nnUNetTrainerBoCLIS.use_pseudo_label_dice  # the default this test pins down
+    trainer = object.__new__(nnUNetTrainerBoCLIS)
+    trainer.loss = DeepSupervisionWrapper(lambda *a: None, [0.8, 0.2])
+    trainer.configuration_manager = SimpleNamespace(batch_dice=True)
+    trainer.is_ddp = False
+
+    def level(size):
+        logits = torch.zeros(2, 2, size, size)
+        logits[:, 1] = math.log(3.0)
+        logits[0] = 100.0  # the labelled sample: must not count
+        return logits
+    labels = torch.zeros(1, 4, 4, dtype=torch.long)
+    labels[..., 2:] = 1
+    reliability = torch.ones(1, 4, 4)
+    reliability[..., 2:] = 0.5
+    ce = (2 * math.log(4) + math.log(4 / 3)) / 3
+    loss = trainer.pseudo_label_loss([level(4), level(2)], 1, labels, reliability)
+    assert loss.item() == pytest.approx(ce + 0.4, rel=1e-5)
