@@ -12,13 +12,13 @@ list, it trains on every ``imagesTr`` case with its label. :func:`check_fold_kee
 import argparse
 import os
 import shutil
-import sys
 import time
 from typing import List, Optional, Sequence
 
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, save_json
 
+from nnunet_ssl.cli_flags import deprecated_alias, deprecated_aliases
 from nnunet_ssl.errors import UserError, exits_on_user_error, resolve_dataset_name
 
 SPLITS_FILE = "splits_final.json"
@@ -46,14 +46,14 @@ def make_label_budget_splits(identifiers: Sequence[str], num_labeled: int, num_v
     if num_labeled < 1:
         raise SplitError(f"--labeled must be at least 1, got {num_labeled}")
     if num_val < 1:
-        raise SplitError(f"--num-val must be at least 1 (nnU-Net validates every epoch), got {num_val}")
+        raise SplitError(f"--num_val must be at least 1 (nnU-Net validates every epoch), got {num_val}")
     if num_labeled + num_val > n:
-        raise SplitError(f"--labeled {num_labeled} + --num-val {num_val} exceeds the {n} training cases")
+        raise SplitError(f"--labeled {num_labeled} + --num_val {num_val} exceeds the {n} training cases")
     max_folds = n // num_val
     if num_folds is None:
         num_folds = min(5, max_folds)
     if not 1 <= num_folds <= max_folds:
-        raise SplitError(f"--folds {num_folds}: with {n} cases and --num-val {num_val} at most {max_folds} folds have "
+        raise SplitError(f"--folds {num_folds}: with {n} cases and --num_val {num_val} at most {max_folds} folds have "
                          f"disjoint validation sets")
     perm = [ids[i] for i in np.random.default_rng(seed).permutation(n)]
     splits = []
@@ -71,7 +71,7 @@ def write_splits(splits: List[dict], preprocessed_dataset_folder: str, force: bo
     target = join(preprocessed_dataset_folder, SPLITS_FILE)
     if isfile(target):
         if not force:
-            raise SplitError(f"{target} exists and was left untouched. Pass --force to replace it (and --backup to "
+            raise SplitError(f"{target} exists and was left untouched. Pass --overwrite to replace it (and --backup to "
                              f"keep a copy of the old one).")
         if backup:
             bak = target + time.strftime(".%Y%m%d-%H%M%S.bak")
@@ -103,10 +103,10 @@ def read_splits(preprocessed_dataset_folder: str) -> Optional[List[dict]]:
         splits = load_json(target)
     except ValueError as e:
         raise SplitError(f"{target} is not valid JSON ({e}). Fix it, or rewrite it with `nnUNetv2_ssl_split ... "
-                         f"--force`.") from None
+                         f"--overwrite`.") from None
     if not isinstance(splits, list) or not all(isinstance(s, dict) for s in splits):
         raise SplitError(f"{target} must hold a list of folds ({{'train': [...], 'val': [...]}}); rewrite it with "
-                         f"`nnUNetv2_ssl_split ... --force`.")
+                         f"`nnUNetv2_ssl_split ... --overwrite`.")
     return splits
 
 
@@ -146,7 +146,7 @@ def check_fold_keeps_labels_hidden(preprocessed_dataset_folder: str, fold, datas
         raise SplitError(f"{what} it has {n} fold(s) and fold {fold} is not one of them; for a fold it does not "
                          f"list nnU-Net trains on a random 80:20 split of every imagesTr case with its label. Train "
                          f"{use}, or write more folds with `nnUNetv2_ssl_split -d {dataset} --labeled N --folds K "
-                         f"--force`.")
+                         f"--overwrite`.")
 
 
 def fold_unlabeled_cases(preprocessed_dataset_folder: str, fold, labelled_cases: Sequence[str]) -> List[str]:
@@ -160,7 +160,7 @@ def fold_unlabeled_cases(preprocessed_dataset_folder: str, fold, labelled_cases:
     if overlap:
         raise SplitError(f"{join(preprocessed_dataset_folder, SPLITS_FILE)}, fold {fold}: cases {sorted(overlap)} "
                          f"are listed as 'unlabeled' and also in 'train' or 'val'. Fix the split "
-                         f"(`nnUNetv2_ssl_split ... --force` writes a consistent one).")
+                         f"(`nnUNetv2_ssl_split ... --overwrite` writes a consistent one).")
     return unlabeled
 
 
@@ -171,21 +171,16 @@ def main(argv: Optional[Sequence[str]] = None):
                                 description="Write a label-budget splits_final.json (train / val / unlabeled).")
     p.add_argument("-d", required=True, help="dataset name or id")
     p.add_argument("--labeled", type=int, required=True, help="number of labelled training cases per fold")
-    p.add_argument("--num-val", type=int, default=None,
+    p.add_argument("--num_val", type=int, default=None,
                    help="number of validation cases per fold (default 20%% of cases)")
-    # the old spelling read like nnUNetv2_train --val (validation only); kept as a deprecated alias
-    p.add_argument("--val", dest="val_deprecated", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--folds", type=int, default=None, help="number of folds (default: up to 5 disjoint ones)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--force", action="store_true", help="replace an existing splits_final.json")
-    p.add_argument("--backup", action="store_true", help="with --force: keep the old file as a timestamped .bak")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle that draws the cases (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing splits_final.json")
+    p.add_argument("--backup", action="store_true", help="with --overwrite: keep the old file as a timestamped .bak")
+    deprecated_aliases(p, {"--num-val": "--num_val", "--force": "--overwrite"})
+    # --val read like nnUNetv2_train --val (validation only)
+    deprecated_alias(p, "--val", "--num_val", note=" (a number of validation cases, unlike nnUNetv2_train's --val)")
     args = p.parse_args(argv)
-    if args.val_deprecated is not None:
-        if args.num_val is not None:
-            p.error("--val is the deprecated spelling of --num-val; give only --num-val")
-        print(f"{PROG}: warning: --val is deprecated and will be removed; use --num-val {args.val_deprecated} "
-              f"(a number of validation cases, unlike nnUNetv2_train's --val).", file=sys.stderr)
-        args.num_val = args.val_deprecated
     if not nnUNet_preprocessed.is_set():
         raise SplitError("Environment variable nnUNet_preprocessed is not set (see nnU-Net's setting_up_paths.md).")
     name = resolve_dataset_name(args.d)
@@ -193,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None):
     if not os.path.isdir(pre):
         raise SplitError(f"{pre} does not exist. Run `nnUNetv2_plan_and_preprocess -d {args.d}` first.")
     splits = make_label_budget_splits(training_identifiers(name), args.labeled, args.num_val, args.folds, args.seed)
-    target = write_splits(splits, pre, args.force, args.backup)
+    target = write_splits(splits, pre, args.overwrite, args.backup)
     s = splits[0]
     print(f"Wrote {target}: {len(splits)} fold(s); fold 0 has {len(s['train'])} labelled, {len(s['unlabeled'])} "
           f"unlabelled (labels hidden) and {len(s['val'])} validation cases.")

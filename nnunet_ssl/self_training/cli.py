@@ -2,14 +2,14 @@
 
 For one dataset, configuration, plans and fold:
 
-1. the labelled-only model (``--labeled-model``, by default ``nnUNet_results/DatasetXXX/<--labeled-trainer>__
-   <plans>__<configuration>``; ``--train-labeled`` trains it with nnU-Net if it has no ``checkpoint_final.pth``)
+1. the labelled-only model (``--labeled_model``, by default ``nnUNet_results/DatasetXXX/<--labeled_trainer>__
+   <plans>__<configuration>``; ``--train_labeled`` trains it with nnU-Net if it has no ``checkpoint_final.pth``)
    predicts every unlabelled case of the fold (the split's ``unlabeled`` cases and the ``imagesUnlabeled`` cases
    of ``nnUNetv2_ssl_preprocess_unlabeled``) with nnU-Net's predictor into a pseudo-label folder of
    ``nnUNet_preprocessed/DatasetXXX`` (``store.py``);
 2. nnU-Net trains ``-tr`` (``nnUNetTrainerSelfTraining`` or a subclass) on the labelled plus the pseudo-labelled
    cases, into ``nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>/fold_F``;
-3. with ``--rounds R > 1`` the new model relabels and trains again; with ``--finetune-epochs`` a last stage
+3. with ``--rounds R > 1`` the new model relabels and trains again; with ``--finetune_epochs`` a last stage
    fine-tunes on the labelled cases only. Every model but the last is kept in ``self_training_round_<r>/fold_F``
    beside ``fold_F`` (a model folder of its own); ``fold_F`` holds the final model, which ``nnUNetv2_predict -tr
    <trainer> -f F`` loads like any other, and ``self_training.json`` (stages, models, iterations).
@@ -19,7 +19,7 @@ predictor settings) nor an earlier self-training run of the fold. Pseudo-labels 
 reused (only their weights are redone if ``--threshold``/``--weighting`` changed).
 
 ``--c`` (nnU-Net's "continue") continues a run that was cut off: finished stages are kept, the stage that was
-running continues from its ``checkpoint_latest.pth`` (``--save-every`` sets how often a stage writes it), and the
+running continues from its ``checkpoint_latest.pth`` (``--save_every`` sets how often a stage writes it), and the
 pseudo-labels of the same model are reused. ``fold_F/self_training.json`` is written before every stage (``complete``
 false until the last one has finished) and records the settings that make the recipe the experiment it is
 (``recipe``); ``--c`` with other such settings is refused.
@@ -36,6 +36,7 @@ from typing import Dict, List, Optional, Sequence
 
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, save_json
 
+from nnunet_ssl.cli_flags import deprecated_aliases
 from nnunet_ssl.errors import UserError, exits_on_user_error, resolve_dataset_name
 
 PROG = "nnUNetv2_ssl_self_train"
@@ -43,10 +44,18 @@ ROUND_FOLDER = "self_training_round_{}"
 SUMMARY_FILE = "self_training.json"
 FINAL = "checkpoint_final.pth"
 # settings a run continued with --c must share with the interrupted run (args attribute: option)
-RECIPE_OPTIONS = {"rounds": "--rounds", "epochs": "--epochs", "iterations_per_epoch": "--iterations-per-epoch",
-                  "finetune_epochs": "--finetune-epochs", "finetune_lr": "--finetune-lr",
-                  "pseudo_ratio": "--pseudo-ratio", "threshold": "--threshold", "weighting": "--weighting",
-                  "disable_tta": "--disable-tta", "step_size": "--step-size"}
+RECIPE_OPTIONS = {"rounds": "--rounds", "epochs": "--epochs", "iterations_per_epoch": "--iterations_per_epoch",
+                  "finetune_epochs": "--finetune_epochs", "finetune_lr": "--finetune_lr",
+                  "pseudo_ratio": "--pseudo_ratio", "threshold": "--threshold", "weighting": "--weighting",
+                  "disable_tta": "--disable_tta", "step_size": "-step_size"}
+
+
+# spellings of earlier versions: accepted with a warning (nnunet_ssl.cli_flags)
+DEPRECATED = {"--labeled-trainer": "--labeled_trainer", "--labeled-model": "--labeled_model",
+              "--train-labeled": "--train_labeled", "--pseudo-ratio": "--pseudo_ratio",
+              "--iterations-per-epoch": "--iterations_per_epoch", "--finetune-epochs": "--finetune_epochs",
+              "--finetune-lr": "--finetune_lr", "--disable-tta": "--disable_tta", "--step-size": "-step_size",
+              "--save-every": "--save_every", "--num-threads": "--threads"}
 
 
 class SelfTrainingError(UserError):
@@ -95,13 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     p.add_argument("-tr", default="nnUNetTrainerSelfTraining",
                    help="self-training trainer: nnUNetTrainerSelfTraining or a subclass (default: %(default)s)")
-    p.add_argument("--labeled-trainer", default="nnUNetTrainer",
+    p.add_argument("--labeled_trainer", default="nnUNetTrainer",
                    help="trainer of the labelled-only model (default: %(default)s); its model folder is "
                         "nnUNet_results/DatasetXXX/<trainer>__<plans>__<configuration>")
-    p.add_argument("--labeled-model", default=None, metavar="FOLDER",
+    p.add_argument("--labeled_model", default=None, metavar="FOLDER",
                    help="use this model folder (with fold_F/checkpoint_final.pth, plans.json, dataset.json) as "
                         "the labelled-only model instead")
-    p.add_argument("--train-labeled", action="store_true",
+    p.add_argument("--train_labeled", action="store_true",
                    help="train (or finish) the labelled-only model with nnU-Net if it has no checkpoint_final.pth")
     p.add_argument("--rounds", type=_positive(int), default=1,
                    help="self-training rounds; each later round relabels with the previous round's model "
@@ -112,21 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weighting", choices=WEIGHTINGS, default="hard",
                    help="'hard': weight 1 at or above --threshold; 'confidence': (c - 1/C) / (1 - 1/C), i.e. 0 at "
                         "chance level and 1 when certain (default: hard)")
-    p.add_argument("--pseudo-ratio", type=_positive(float), default=1.0,
+    p.add_argument("--pseudo_ratio", type=_positive(float), default=1.0,
                    help="pseudo-labelled cases per labelled case in every batch; the labelled part is the plans' "
                         "batch size (default: 1)")
     p.add_argument("--epochs", type=_positive(int), default=None,
                    help="epochs of every self-training round (default: the trainer's, nnU-Net's 1000)")
-    p.add_argument("--iterations-per-epoch", type=_positive(int), default=None,
+    p.add_argument("--iterations_per_epoch", type=_positive(int), default=None,
                    help="iterations per epoch of the rounds and the fine-tune (default: the trainer's, 250)")
-    p.add_argument("--finetune-epochs", type=_non_negative_int, default=0,
+    p.add_argument("--finetune_epochs", type=_non_negative_int, default=0,
                    help="epochs of a last stage on the labelled cases only, from the last round's weights "
                         "(Noisy Student; default: 0, no fine-tune)")
-    p.add_argument("--finetune-lr", type=_positive(float), default=1e-3,
+    p.add_argument("--finetune_lr", type=_positive(float), default=1e-3,
                    help="initial learning rate of the fine-tune (poly schedule; default: 0.001)")
-    p.add_argument("--disable-tta", action="store_true",
+    p.add_argument("--disable_tta", action="store_true",
                    help="pseudo-label without test-time mirroring (default: mirroring on, as nnUNetv2_predict)")
-    p.add_argument("--step-size", type=_step_size, default=0.5,
+    p.add_argument("-step_size", type=_step_size, default=0.5,
                    help="sliding-window step size as a fraction of the patch (default: 0.5)")
     p.add_argument("--validate", choices=("all", "last", "none"), default="all",
                    help="after training, nnU-Net validates every model of the recipe on the fold's validation cases "
@@ -139,14 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue a self-training run of this fold that was cut off (as nnUNetv2_train --c): "
                         "finished stages are kept, the interrupted stage continues from its checkpoint_latest.pth, "
                         "pseudo-labels of the same model are reused; the recipe's settings must be the same")
-    p.add_argument("--save-every", type=_positive(int), default=None, metavar="N",
+    p.add_argument("--save_every", type=_positive(int), default=None, metavar="N",
                    help="every stage writes checkpoint_latest.pth every N epochs, the point --c continues from "
                         "(default: the trainer's, nnU-Net's 50)")
     p.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="default: cuda")
     p.add_argument("-num_gpus", type=_positive(int), default=1, help="GPUs per training stage (DDP; default: 1)")
-    p.add_argument("--num-threads", type=_positive(int), default=None,
+    p.add_argument("--threads", dest="num_threads", type=_positive(int), default=None,
                    help="torch threads (default as nnUNetv2_train: every core with -device cpu, 1 otherwise); a "
                         "benchmark sharing the CPU with other runs sets 1")
+    deprecated_aliases(p, DEPRECATED)
     return p
 
 
@@ -235,7 +245,7 @@ def fold_unlabeled_cases(setup: Setup) -> Dict[str, str]:
 
 
 def labeled_checkpoint(setup: Setup, args) -> Optional[str]:
-    """``checkpoint_final.pth`` of the labelled-only model, or None when --train-labeled will make it."""
+    """``checkpoint_final.pth`` of the labelled-only model, or None when --train_labeled will make it."""
     folder = args.labeled_model or setup.model_folder(args.labeled_trainer)
     fold_folder = join(folder, f"fold_{setup.fold}")
     final = join(fold_folder, "checkpoint_final.pth")
@@ -249,10 +259,10 @@ def labeled_checkpoint(setup: Setup, args) -> Optional[str]:
     if others:
         raise SelfTrainingError(f"the labelled-only model {fold_folder} is unfinished: it has {' and '.join(others)} "
                                 f"but no checkpoint_final.pth. Finish it with `{command} --c`"
-                                + ("" if args.labeled_model else " or pass --train-labeled (which does that)") + ".")
+                                + ("" if args.labeled_model else " or pass --train_labeled (which does that)") + ".")
     raise SelfTrainingError(f"no labelled-only model: {final} does not exist. Train it with `{command}`"
-                            + ("" if args.labeled_model else ", or pass --train-labeled to let this command do it")
-                            + ", or point --labeled-model at a model folder with fold_"
+                            + ("" if args.labeled_model else ", or pass --train_labeled to let this command do it")
+                            + ", or point --labeled_model at a model folder with fold_"
                             + f"{setup.fold}/checkpoint_final.pth.")
 
 
@@ -321,6 +331,7 @@ def make_pseudo_labels(setup: Setup, args, folder: str, model_folder: str, finge
                        prediction: dict, weighting: dict) -> dict:
     """Predict every case into a scratch folder and swap it in; returns the manifest."""
     import torch
+    from tqdm import tqdm
     from nnunet_ssl.data.unlabeled_dataset import manifest_file
     from nnunet_ssl.self_training.store import (MANIFEST_FORMAT, make_predictor, predict_pseudo_labels,
                                                 write_pseudo_manifest)
@@ -330,7 +341,13 @@ def make_pseudo_labels(setup: Setup, args, folder: str, model_folder: str, finge
           f"(mirroring {'on' if prediction['use_mirroring'] else 'off'}) into {folder}")
     predictor = make_predictor(model_folder, setup.fold, torch.device(args.device), prediction["use_mirroring"],
                                prediction["tile_step_size"])
-    mean_weights = predict_pseudo_labels(predictor, cases, partial, weighting, setup.configuration_manager.patch_size)
+    # a progress bar as nnU-Net's predictor shows; each case's line (its mean voxel weight) becomes the bar's postfix
+    with tqdm(desc="Pseudo-labelling", total=len(cases), unit="case") as bar:
+        def progress(line: str) -> None:
+            bar.set_postfix_str(line.strip().split(": ", 1)[-1], refresh=False)
+            bar.update()
+        mean_weights = predict_pseudo_labels(predictor, cases, partial, weighting,
+                                             setup.configuration_manager.patch_size, log=progress)
     manifest = {"format": MANIFEST_FORMAT, "dataset": setup.dataset, "plans": setup.plans_identifier,
                 "configuration": setup.configuration, "fold": setup.fold, "model": fingerprint,
                 "prediction": prediction, "mirror_axes": list(predictor.allowed_mirroring_axes or []),
@@ -435,7 +452,7 @@ def read_run_record(model_folder: str, fold) -> Optional[tuple]:
 
 def _describe(key: str, value) -> str:
     if key == "disable_tta":
-        return "--disable-tta" if value else "no --disable-tta"
+        return "--disable_tta" if value else "no --disable_tta"
     if value is None:
         return f"no {RECIPE_OPTIONS[key]} (the trainer's default)"
     return f"{RECIPE_OPTIONS[key]} {value}"
@@ -447,8 +464,8 @@ def check_same_recipe(previous: dict, ours: dict, record_file: str) -> None:
     theirs_model = previous.get("labeled_model")
     if theirs_model != ours["labeled_model"]:
         raise SelfTrainingError(f"--c: the interrupted run ({record_file}) used the labelled-only model "
-                                f"{theirs_model}, this command {ours['labeled_model']}. Point --labeled-model (or "
-                                f"--labeled-trainer) at {theirs_model} to continue it, {again}.")
+                                f"{theirs_model}, this command {ours['labeled_model']}. Point --labeled_model (or "
+                                f"--labeled_trainer) at {theirs_model} to continue it, {again}.")
     if ours["labeled_checkpoint_sha256"] is None:
         raise SelfTrainingError(f"--c: the labelled-only model of the interrupted run ({record_file}), "
                                 f"{ours['labeled_model']}, has no {FINAL} any more. Restore it to continue the run, "
@@ -519,8 +536,8 @@ def run(args) -> dict:
         raise SelfTrainingError("--c continues an interrupted run and --overwrite deletes it to start again: pass "
                                 "one of them.")
     if args.labeled_model and args.train_labeled:
-        raise SelfTrainingError("--train-labeled trains the labelled-only model in its nnUNet_results folder; it "
-                                "cannot be combined with --labeled-model (train that model yourself).")
+        raise SelfTrainingError("--train_labeled trains the labelled-only model in its nnUNet_results folder; it "
+                                "cannot be combined with --labeled_model (train that model yourself).")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SelfTrainingError("-device cuda, but torch sees no GPU; pass -device cpu (slow) or -device mps.")
     set_ext_trainer_env()  # training and prediction look trainers up by name
@@ -531,7 +548,7 @@ def run(args) -> dict:
     cases = fold_unlabeled_cases(setup)
     checkpoint = labeled_checkpoint(setup, args)
     if checkpoint is None:
-        resolve_trainer(args.labeled_trainer, "--labeled-trainer")
+        resolve_trainer(args.labeled_trainer, "--labeled_trainer")
     labeled_folder = args.labeled_model or setup.model_folder(args.labeled_trainer)
     fingerprint = model_fingerprint(checkpoint) if checkpoint else None
     model_folder = setup.model_folder(args.tr)

@@ -19,9 +19,9 @@ DATA = "nnUNetPlans_3d_fullres"
 PSEUDO = f"{DATA}_pseudolabels_fold_0"
 # CPU time: one iteration per stage, no test-time mirroring (8x the forwards; nnU-Net's code, not ours) and nnU-Net's
 # final validation (two spawned worker processes) of the final model only
-ARGS = ["-d", DATASET_ID, "-c", "3d_fullres", "-f", "0", "--labeled-trainer", LABELED, "--rounds", "2",
-        "--epochs", "1", "--iterations-per-epoch", "1", "--finetune-epochs", "1", "--threshold", "0.6",
-        "--weighting", "confidence", "--pseudo-ratio", "0.5", "--disable-tta", "--validate", "last", "-device", "cpu"]
+ARGS = ["-d", DATASET_ID, "-c", "3d_fullres", "-f", "0", "--labeled_trainer", LABELED, "--rounds", "2",
+        "--epochs", "1", "--iterations_per_epoch", "1", "--finetune_epochs", "1", "--threshold", "0.6",
+        "--weighting", "confidence", "--pseudo_ratio", "0.5", "--disable_tta", "--validate", "last", "-device", "cpu"]
 
 
 def _delete_hidden_labels(root):
@@ -48,7 +48,7 @@ def recipe(synthetic_nnunet, tmp_path_factory):
     hidden, deleted = _delete_hidden_labels(root)
     env = make_env(root, training=True)
     started = time.time()
-    run_cli(["nnUNetv2_ssl_self_train", *ARGS, "-tr", TRAINER, "--train-labeled"], env)
+    run_cli(["nnUNetv2_ssl_self_train", *ARGS, "-tr", TRAINER, "--train_labeled"], env)
     results = root / "results" / DATASET_NAME
     return {"root": root, "env": env, "hidden": hidden, "deleted": deleted, "started": started,
             "pre": root / "preprocessed" / DATASET_NAME, "model": results / f"{TRAINER}__nnUNetPlans__3d_fullres"}
@@ -165,7 +165,7 @@ def test_earlier_run_is_not_overwritten(recipe, monkeypatch, capsys):
 
 def test_missing_or_unfinished_labelled_only_model(recipe, monkeypatch, capsys, tmp_path):
     model = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres"
-    argv = ["-d", DATASET_ID, "-c", "3d_fullres", "-f", "0", "-tr", TRAINER, "-device", "cpu", "--labeled-model", model]
+    argv = ["-d", DATASET_ID, "-c", "3d_fullres", "-f", "0", "-tr", TRAINER, "-device", "cpu", "--labeled_model", model]
     assert _main(recipe, monkeypatch, argv) == 2
     err = capsys.readouterr().err
     assert str(model / "fold_0" / "checkpoint_final.pth") in err and "nnUNetv2_train" in err
@@ -174,10 +174,10 @@ def test_missing_or_unfinished_labelled_only_model(recipe, monkeypatch, capsys, 
     assert _main(recipe, monkeypatch, argv) == 2
     err = capsys.readouterr().err
     assert "unfinished" in err and str(model / "fold_0") in err and "--c" in err
-    # and the default folder of --labeled-trainer: a hint at --train-labeled
-    assert _main(recipe, monkeypatch, argv[:-2] + ["--labeled-trainer", "nnUNetTrainer"]) == 2
+    # and the default folder of --labeled_trainer: a hint at --train_labeled
+    assert _main(recipe, monkeypatch, argv[:-2] + ["--labeled_trainer", "nnUNetTrainer"]) == 2
     err = capsys.readouterr().err
-    assert "nnUNetTrainer__nnUNetPlans__3d_fullres" in err and "--train-labeled" in err
+    assert "nnUNetTrainer__nnUNetPlans__3d_fullres" in err and "--train_labeled" in err
 
 
 def test_fold_without_unlabelled_cases(recipe, monkeypatch, capsys):
@@ -199,9 +199,9 @@ def test_fold_without_unlabelled_cases(recipe, monkeypatch, capsys):
 # 2d (its own model folders and pseudo-label folder, so the 3d recipe above is untouched); the resume variant
 # writes checkpoint_latest.pth every epoch and crashes after epoch k when NNUNET_SSL_TEST_CRASH_AFTER_EPOCH=k
 RESUME = "nnUNetTrainerSelfTraining_tinyResume"
-ARGS_2D = ["-d", DATASET_ID, "-c", "2d", "-f", "0", "-tr", RESUME, "--labeled-trainer", LABELED, "--epochs", "2",
-           "--iterations-per-epoch", "1", "--finetune-epochs", "1", "--disable-tta", "--validate", "none",
-           "-device", "cpu", "--num-threads", "1"]
+ARGS_2D = ["-d", DATASET_ID, "-c", "2d", "-f", "0", "-tr", RESUME, "--labeled_trainer", LABELED, "--epochs", "2",
+           "--iterations_per_epoch", "1", "--finetune_epochs", "1", "--disable_tta", "--validate", "none",
+           "-device", "cpu", "--threads", "1"]
 
 
 def _run(recipe, monkeypatch, argv, **env):
@@ -229,7 +229,7 @@ def test_cut_off_stage_continues_with_c(recipe, monkeypatch, capsys, tmp_path):
     labelled = results / f"{LABELED}__nnUNetPlans__2d" / "fold_0" / "checkpoint_final.pth"
     fold = model / "fold_0"
     with pytest.raises(RuntimeError, match="simulated crash after epoch 0"):
-        _run(recipe, monkeypatch, [*ARGS_2D, "--train-labeled"], NNUNET_SSL_TEST_CRASH_AFTER_EPOCH="0")
+        _run(recipe, monkeypatch, [*ARGS_2D, "--train_labeled"], NNUNET_SSL_TEST_CRASH_AFTER_EPOCH="0")
     monkeypatch.delenv("NNUNET_SSL_TEST_CRASH_AFTER_EPOCH")
     assert (fold / "checkpoint_latest.pth").is_file() and not (fold / "checkpoint_final.pth").exists()
     assert json.loads((fold / "self_training.json").read_text())["complete"] is False

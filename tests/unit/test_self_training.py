@@ -160,9 +160,9 @@ def _recipe(**changes):
     ({"epochs": 6}, ["--epochs 5", "--epochs 6"]),
     ({"epochs": None}, ["--epochs 5", "no --epochs (the trainer's default)"]),
     ({"rounds": 1}, ["--rounds 2", "--rounds 1"]),
-    ({"disable_tta": True}, ["used no --disable-tta, this command --disable-tta"]),
+    ({"disable_tta": True}, ["used no --disable_tta, this command --disable_tta"]),
     ({"weighting": "confidence"}, ["--weighting hard", "--weighting confidence"]),
-    ({"labeled_model": "/other"}, ["/r/nnUNetTrainer__nnUNetPlans__3d_fullres", "/other", "--labeled-model"]),
+    ({"labeled_model": "/other"}, ["/r/nnUNetTrainer__nnUNetPlans__3d_fullres", "/other", "--labeled_model"]),
     ({"labeled_checkpoint_sha256": "b" * 64}, ["has changed", "aaaaaaaaaaaa", "bbbbbbbbbbbb"]),
     ({"labeled_checkpoint_sha256": None}, ["no checkpoint_final.pth any more"]),
 ])

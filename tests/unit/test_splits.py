@@ -33,7 +33,7 @@ def test_split_defaults_and_folds():
 
 @pytest.mark.parametrize("kwargs,msg", [({"num_labeled": 0}, "at least 1"),
                                         ({"num_labeled": 9, "num_val": 2}, "exceeds"),
-                                        ({"num_labeled": 2, "num_val": 0}, "--num-val"),
+                                        ({"num_labeled": 2, "num_val": 0}, "--num_val"),
                                         ({"num_labeled": 2, "num_val": 4, "num_folds": 3}, "at most 2 folds")])
 def test_split_argument_errors(kwargs, msg):
     with pytest.raises(SplitError, match=msg):
@@ -45,7 +45,7 @@ def test_refuses_to_overwrite_and_keeps_backup(tmp_path):
     target = tmp_path / "splits_final.json"
     target.write_text(json.dumps(old))
     new = make_label_budget_splits(IDS, 2, 2)
-    with pytest.raises(SplitError, match="--force"):
+    with pytest.raises(SplitError, match="--overwrite"):
         write_splits(new, str(tmp_path))
     assert json.loads(target.read_text()) == old            # untouched
     write_splits(new, str(tmp_path), force=True, backup=True)
@@ -114,27 +114,30 @@ def preprocessed(tmp_path, monkeypatch):
 
 
 def test_num_val(preprocessed, capsys):
-    main(["-d", "Dataset990_X", "--labeled", "2", "--num-val", "3", "--folds", "1"])
+    main(["-d", "Dataset990_X", "--labeled", "2", "--num_val", "3", "--folds", "1"])
     assert len(json.loads((preprocessed / "splits_final.json").read_text())[0]["val"]) == 3
     assert "warning" not in capsys.readouterr().err
 
 
-def test_deprecated_val_still_works_and_warns(preprocessed, capsys):
+def test_deprecated_spellings_still_work_and_warn_once(preprocessed, capsys):
     main(["-d", "Dataset990_X", "--labeled", "2", "--val", "4", "--folds", "1"])
     assert len(json.loads((preprocessed / "splits_final.json").read_text())[0]["val"]) == 4
-    err = capsys.readouterr().err
-    assert "nnUNetv2_ssl_split: warning: --val is deprecated" in err and "--num-val 4" in err
-    with pytest.raises(SystemExit) as e:
-        main(["-d", "Dataset990_X", "--labeled", "2", "--val", "4", "--num-val", "4", "--force"])
-    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["nnUNetv2_ssl_split: warning: --val is deprecated, use --num_val (a number of validation cases, "
+                   "unlike nnUNetv2_train's --val)"]
+    main(["-d", "Dataset990_X", "--labeled", "2", "--num-val", "3", "--folds", "1", "--force"])
+    assert len(json.loads((preprocessed / "splits_final.json").read_text())[0]["val"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["nnUNetv2_ssl_split: warning: --num-val is deprecated, use --num_val",
+                   "nnUNetv2_ssl_split: warning: --force is deprecated, use --overwrite"]
 
 
 def test_user_errors_exit_2_with_one_line(preprocessed, capsys):
     with pytest.raises(SystemExit) as e:
-        main(["-d", "Dataset990_X", "--labeled", "9", "--num-val", "2"])
+        main(["-d", "Dataset990_X", "--labeled", "9", "--num_val", "2"])
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "nnUNetv2_ssl_split: error: --labeled 9 + --num-val 2 exceeds the 10 training cases"]
+        "nnUNetv2_ssl_split: error: --labeled 9 + --num_val 2 exceeds the 10 training cases"]
     with pytest.raises(SystemExit) as e:
         main(["-d", "991", "--labeled", "2"])  # unknown dataset id: nnU-Net's RuntimeError, reported as ours
     assert e.value.code == 2 and "nnUNetv2_ssl_split: error: -d 991" in capsys.readouterr().err
