@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Plot of held-out Dice per trainer, every run a point, from the run records of ``benchmark_ssl.py --record``.
 
-    python scripts/benchmark_plot.py benchmarks/LA_3p5mm -o docs/img/la_dice.png [--budget 4]
+    python scripts/benchmark_plot.py benchmarks/LA_3p5mm --output_file docs/img/la_dice.png [--budgets 4]
         [--rows nnUNetTrainer "nnUNetTrainerCRLN=CRLN" "nnUNetTrainer@all=full supervision" ...]
 
 Reads ``budget_<tag>/*.json`` (fold of the records' split, usually 0) and ``fold_<F>/budget_<tag>/*.json`` (the
 other held-out folds), so one row shows the spread over seeds and folds: a point per run (marker and colour by
 fold), a bar for the mean over all runs, a line from the lowest to the highest run. A row is
-``TRAINER[@BUDGET][=LABEL]``: the trainer's runs at ``--budget`` (or at BUDGET, e.g. ``@all`` for full supervision),
+``TRAINER[@BUDGET][=LABEL]``: the trainer's runs at ``--budgets`` (or at BUDGET, e.g. ``@all`` for full supervision),
 labelled LABEL (default: the trainer name). Rows without records are left out and named on stderr.
 """
 import argparse
@@ -105,27 +105,28 @@ def plot(rows: Sequence[dict], output: str, title: Optional[str] = None) -> None
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="benchmark_plot.py", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", help="record folder written by benchmark_ssl.py --record")
-    p.add_argument("-o", required=True, help="PNG file to write")
-    p.add_argument("--budget", default="4", help="label budget of the rows without @BUDGET (default 4)")
+    p.add_argument("--output_file", required=True, metavar="FILE.png", help="the PNG file to write")
+    p.add_argument("--budgets", default="4", metavar="B",
+                   help="label budget of the rows without @BUDGET (one value, as benchmark_ssl.py names it; default 4)")
     p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), help="TRAINER[@BUDGET][=LABEL] ...")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
     if not os.path.isdir(args.folder):
         p.error(f"{args.folder} is not a folder (give the folder that benchmark_ssl.py --record wrote)")
     try:
-        rows = [parse_row(s, args.budget) for s in args.rows]
+        rows = [parse_row(s, args.budgets) for s in args.rows]
     except ValueError as e:
         p.error(str(e))
-    out_dir = os.path.dirname(os.path.abspath(args.o))
+    out_dir = os.path.dirname(os.path.abspath(args.output_file))
     if not os.path.isdir(out_dir):
-        p.error(f"-o {args.o}: folder {out_dir} does not exist")
+        p.error(f"--output_file {args.output_file}: folder {out_dir} does not exist")
     data = dice_rows(load_runs(args.folder), rows)
     missing = [r["label"] for r in rows if r["label"] not in {d["label"] for d in data}]
     if missing:
         print(f"benchmark_plot.py: no records for {', '.join(missing)} (left out)", file=sys.stderr)
     if not data:
         p.error(f"no finished run in {args.folder} matches the rows; nothing written")
-    plot(data, args.o, args.title)
+    plot(data, args.output_file, args.title)
     for d in data:
         print(f"{d['label']}: {d['mean']:.2f} over {len(d['runs'])} run(s), spread {d['spread']:.2f}")
     return 0

@@ -53,12 +53,12 @@ def test_parse_row():
 
 def test_main_writes_png_and_refuses_bad_input(records, tmp_path, capsys):
     out = tmp_path / "dice.png"
-    assert plot_script.main([str(records), "-o", str(out)]) == 0
+    assert plot_script.main([str(records), "--output_file", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "no records for nnUNetTrainerSelfTraining" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        plot_script.main([str(records), "-o", str(tmp_path / "missing" / "x.png")])
+        plot_script.main([str(records), "--output_file", str(tmp_path / "missing" / "x.png")])
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        plot_script.main([str(records), "-o", str(tmp_path / "y.png"), "--rows", "nnUNetTrainerMCF"])
+        plot_script.main([str(records), "--output_file", str(tmp_path / "y.png"), "--rows", "nnUNetTrainerMCF"])
     assert "nothing written" in capsys.readouterr().err and not (tmp_path / "y.png").exists()
