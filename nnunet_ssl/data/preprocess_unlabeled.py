@@ -22,6 +22,8 @@ from nnunet_ssl.data.unlabeled_dataset import (UNLABELED_RAW_FOLDER, UNLABELED_R
 from nnunet_ssl.errors import exits_on_user_error, resolve_dataset_name
 
 PROG = "nnUNetv2_ssl_preprocess_unlabeled"
+# nnUNetv2_preprocess's default processes per configuration (4 for any other)
+NNUNET_DEFAULT_NP = {"2d": 8, "3d_fullres": 4, "3d_lowres": 8}
 __all__ = ["UnlabeledDataError", "collect_unlabeled_cases", "labelled_case_names", "preprocess_unlabeled", "main"]
 
 
@@ -199,12 +201,25 @@ def main(argv: Optional[Sequence[str]] = None):
                     "replaced once all cases are done).")
     parser.add_argument("-d", required=True, help="dataset name or id")
     parser.add_argument("-c", nargs="+", default=["3d_fullres"], help="configurations (default: 3d_fullres)")
-    parser.add_argument("-p", "-plans_name", dest="plans_name", default="nnUNetPlans",
-                        help="plans identifier (default: nnUNetPlans); -p as in nnUNetv2_train, -plans_name as in "
-                             "nnUNetv2_preprocess")
-    parser.add_argument("-np", type=int, default=1, help="number of processes (default: 1)")
+    parser.add_argument("-p", dest="plans_name", default="nnUNetPlans",
+                        help="plans identifier (default: nnUNetPlans)")
+    # nnUNetv2_preprocess spells it -plans_name: accepted as nnU-Net's own spelling
+    parser.add_argument("-plans_name", dest="plans_name", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("-np", type=int, nargs="+", default=None,
+                        help="number of processes: one for all configurations or one per configuration (default as "
+                             "nnUNetv2_preprocess: 8 for 2d, 4 for 3d_fullres, 8 for 3d_lowres, 4 otherwise)")
     args = parser.parse_args(argv)
-    preprocess_unlabeled(args.d, args.c, args.plans_name, args.np)
+    num_processes = args.np or [NNUNET_DEFAULT_NP.get(c, 4) for c in args.c]
+    if len(num_processes) == 1:
+        num_processes = num_processes * len(args.c)
+    if len(num_processes) != len(args.c):
+        parser.error(f"-np gives {len(num_processes)} numbers for {len(args.c)} configurations "
+                     f"(-c {' '.join(args.c)}); give one number, or one per configuration")
+    if len(set(num_processes)) == 1:
+        preprocess_unlabeled(args.d, args.c, args.plans_name, num_processes[0])
+    else:
+        for configuration, n in zip(args.c, num_processes):
+            preprocess_unlabeled(args.d, [configuration], args.plans_name, n)
 
 
 if __name__ == "__main__":

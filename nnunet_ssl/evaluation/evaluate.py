@@ -14,8 +14,10 @@ choose the headline units of the Markdown table and of ``summary.headline``; bot
 
 Outputs in OUT (default ``<pred>/ssl_evaluation``): ``metrics.json`` (settings, per case, summary), ``metrics.csv``
 (one row per case × class) and ``metrics.md`` (rows = classes + mean, columns Dice %, Jaccard %, 95HD, ASD,
-boundary Dice %). ``-o`` naming a ``.json`` file (as ``nnUNetv2_evaluate_folder``'s ``-o``) writes that file and
-the ``.csv``/``.md`` beside it with the same stem. Existing outputs are never overwritten unless ``--overwrite``.
+boundary Dice %). ``--output_file FILE.json`` writes that file and the ``.csv``/``.md`` beside it with the same
+stem (in ``nnUNetv2_evaluate_folder``'s form, a ``-o`` ending in ``.json`` is taken as ``--output_file``, as that
+command's ``-o``). Existing outputs are never overwritten unless ``--overwrite``. More than a few cases show a
+progress bar (``--disable_progress_bar``).
 
 Summary conventions: "mean ± std" is over cases (population std, ddof=0); with ``--bootstrap N`` it is the mean ±
 std of the per-resample means over N seeded resamples of the cases (CRLN protocol). NaN values (distances undefined
@@ -36,7 +38,9 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
+from nnunet_ssl.cli_flags import deprecated_aliases, nnunet_default_num_processes, warn_deprecated
 from nnunet_ssl.errors import UserError, exits_on_user_error
 from nnunet_ssl.evaluation.metrics import binary_case_metrics, bootstrap_mean_std, keep_largest_connected_component
 
@@ -47,6 +51,7 @@ METRIC_KEYS = ("dice", "jaccard", "hd95_voxel", "asd_voxel", "assd_voxel", "hd95
 DEFAULT_BAND_WIDTH = 3  # voxels; BoCLIS spec §7 recommends r = 3
 SPACING_RTOL = 1e-4  # relative tolerance for reference vs prediction spacing (headers store float32)
 OUTPUT_NAMES = ("metrics.json", "metrics.csv", "metrics.md")
+PROGRESS_MIN_CASES = 5  # the command shows a progress bar for more cases than this
 
 
 class EvaluationInputError(UserError):
@@ -83,7 +88,7 @@ def detect_file_ending(ref_dir: str) -> str:
                                    f"reference folder {ref_dir}")
     if len(found) > 1:
         raise EvaluationInputError(f"the reference folder {ref_dir} holds files with several endings "
-                                   f"({', '.join(sorted(found))}); choose one with --file-ending")
+                                   f"({', '.join(sorted(found))}); choose one with --file_ending")
     return next(iter(found))
 
 
@@ -96,7 +101,7 @@ def pair_cases(ref_dir: str, pred_dir: str, file_ending: str, chill: bool = Fals
     ref_files = _image_files(ref_dir, file_ending)
     if not ref_files:
         raise EvaluationInputError(f"no '{file_ending}' files in the reference folder {ref_dir}; check -ref and "
-                                   f"--file-ending")
+                                   f"--file_ending")
     pred_files = set(_image_files(pred_dir, file_ending))
     missing = [f for f in ref_files if f not in pred_files]
     if missing:
@@ -179,7 +184,7 @@ def _read_json_key(path: str, key: str, flag: str):
 def label_names_from_dataset_json(path: Optional[str]) -> Dict[int, str]:
     if path is None:
         return {}
-    labels = _read_json_key(path, "labels", "-djfile/--dataset-json")
+    labels = _read_json_key(path, "labels", "-djfile")
     # nnU-Net maps name -> int (or a list/tuple for regions, which have no single label value)
     return {int(v): name for name, v in labels.items() if isinstance(v, int)}
 
@@ -293,11 +298,13 @@ def evaluate_folders(ref_dir: str, pred_dir: str, labels: Optional[Sequence[int]
                      seed: int = 0, headline_units: str = "voxel", lcc: bool = False,
                      band_width: float = DEFAULT_BAND_WIDTH, band_around: str = "both",
                      file_ending: Optional[str] = None, dataset_json: Optional[str] = None,
-                     num_processes: int = 1, plans_json: Optional[str] = None, chill: bool = False) -> dict:
+                     num_processes: int = 1, plans_json: Optional[str] = None, chill: bool = False,
+                     progress: bool = False) -> dict:
     """Evaluate all reference cases and return the JSON-ready result (settings, cases, summary).
 
     ``dataset_json`` names the labels and, without ``file_ending``, gives the file ending; ``plans_json`` gives the
-    image reader (nnU-Net's ``-djfile``/``-pfile``); otherwise both come from the reference files."""
+    image reader (nnU-Net's ``-djfile``/``-pfile``); otherwise both come from the reference files. ``progress``
+    shows a progress bar (as nnU-Net's) when there are more than ``PROGRESS_MIN_CASES`` cases."""
     from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_file_ending
 
     if headline_units not in ("voxel", "mm"):
@@ -307,17 +314,17 @@ def evaluate_folders(ref_dir: str, pred_dir: str, labels: Optional[Sequence[int]
     if band_width < 0:
         raise EvaluationInputError(f"--band must be >= 0, got {band_width}")
     if file_ending is None and dataset_json is not None:
-        file_ending = _read_json_key(dataset_json, "file_ending", "-djfile/--dataset-json")
+        file_ending = _read_json_key(dataset_json, "file_ending", "-djfile")
     if os.path.isdir(ref_dir) and file_ending is None:
         file_ending = detect_file_ending(ref_dir)
     pairs = pair_cases(ref_dir, pred_dir, file_ending, chill)
     if plans_json is not None:
         from nnunetv2.imageio.reader_writer_registry import recursive_find_reader_writer_by_name
-        name = _read_json_key(plans_json, "image_reader_writer", "-pfile/--plans-json")
+        name = _read_json_key(plans_json, "image_reader_writer", "-pfile")
         try:
             reader_writer_class = recursive_find_reader_writer_by_name(name)
         except RuntimeError as e:
-            raise EvaluationInputError(f"-pfile/--plans-json {plans_json}: {e}") from None
+            raise EvaluationInputError(f"-pfile {plans_json}: {e}") from None
     else:
         reader_writer_class = determine_reader_writer_from_file_ending(file_ending, pairs[0][1], verbose=False)
     labels = sorted(set(int(l) for l in labels)) if labels else labels_in_references([p[1] for p in pairs],
@@ -331,11 +338,20 @@ def evaluate_folders(ref_dir: str, pred_dir: str, labels: Optional[Sequence[int]
 
     args = [(case_id, ref, pred, labels, reader_writer_class, lcc, band_width, band_around)
             for case_id, ref, pred in pairs]
-    if num_processes > 1:
-        with ProcessPoolExecutor(num_processes) as pool:
-            cases = list(pool.map(evaluate_case, *zip(*args)))
-    else:
-        cases = [evaluate_case(*a) for a in args]
+    num_processes = max(1, min(num_processes, len(args)))
+    with tqdm(desc="Evaluating", total=len(args), unit="case",
+              disable=not progress or len(args) <= PROGRESS_MIN_CASES) as bar:
+        if num_processes > 1:
+            with ProcessPoolExecutor(num_processes) as pool:
+                cases = []
+                for case in pool.map(evaluate_case, *zip(*args)):
+                    cases.append(case)
+                    bar.update()
+        else:
+            cases = []
+            for a in args:
+                cases.append(evaluate_case(*a))
+                bar.update()
     for label_value in labels:
         if all(c["per_class"][str(label_value)]["ref_voxels"] == 0 for c in cases):
             warnings.warn(f"label {label_value} is absent from every reference in {ref_dir}; its scores only reflect "
@@ -366,7 +382,8 @@ def evaluate_folders(ref_dir: str, pred_dir: str, labels: Optional[Sequence[int]
 
 
 def output_paths(output: str) -> List[str]:
-    """The .json, .csv and .md outputs: ``metrics.*`` in a folder, or ``<stem>.*`` for ``-o <stem>.json``."""
+    """The .json, .csv and .md outputs: ``metrics.*`` in a folder, or ``<stem>.*`` for ``--output_file <stem>.json``
+    (or ``-o <stem>.json`` in nnUNetv2_evaluate_folder's form)."""
     if output.lower().endswith(".json"):
         stem = output[:-len(".json")]
         return [stem + ".json", stem + ".csv", stem + ".md"]
@@ -376,8 +393,8 @@ def output_paths(output: str) -> List[str]:
 def _refuse_existing(paths: Sequence[str], overwrite: bool) -> None:
     existing = [p for p in paths if os.path.exists(p)]
     if existing and not overwrite:
-        raise EvaluationInputError(f"output file(s) already exist: {', '.join(existing)}; choose another -o or pass "
-                                   f"--overwrite")
+        raise EvaluationInputError(f"output file(s) already exist: {', '.join(existing)}; choose another -o (or "
+                                   f"--output_file) or pass --overwrite")
 
 
 def write_outputs(result: dict, output_dir: str, overwrite: bool = False) -> List[str]:
@@ -411,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="folder with the predictions (nnUNetv2_evaluate_folder's form; or -pred)")
     parser.add_argument("-ref", default=None, help="folder with the reference segmentations")
     parser.add_argument("-pred", default=None, help="folder with the predictions (same file names as -ref)")
-    parser.add_argument("-l", "--labels", type=int, nargs="+", default=None,
+    parser.add_argument("-l", type=int, nargs="+", default=None, dest="labels",
                         help="labels to score (default: all non-zero labels found in the references)")
     parser.add_argument("--bootstrap", type=int, default=0, metavar="N",
                         help="report mean ± std over N bootstrap resamples of the cases (CRLN uses 100); 0 = off")
@@ -425,21 +442,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep only the largest connected component of each predicted class before scoring")
     parser.add_argument("--band", type=float, default=DEFAULT_BAND_WIDTH,
                         help=f"boundary-region Dice band width in voxels (default {DEFAULT_BAND_WIDTH})")
-    parser.add_argument("--band-around", choices=("both", "reference"), default="both",
+    parser.add_argument("--band_around", choices=("both", "reference"), default="both",
                         help="band around both the reference and predicted surfaces (default) or the reference only")
-    parser.add_argument("--file-ending", default=None,
+    parser.add_argument("--file_ending", default=None,
                         help="segmentation file ending, e.g. .nii.gz (default: from -djfile, else detected)")
-    parser.add_argument("-djfile", "--dataset-json", dest="dataset_json", default=None,
+    parser.add_argument("-djfile", dest="dataset_json", default=None,
                         help="nnU-Net's dataset.json: names the labels in the outputs and gives the file ending")
-    parser.add_argument("-pfile", "--plans-json", dest="plans_json", default=None,
+    parser.add_argument("-pfile", dest="plans_json", default=None,
                         help="nnU-Net's plans file: its image reader reads the files (default: chosen by ending)")
-    parser.add_argument("-o", "--output", default=None,
-                        help="output folder for metrics.json/.csv/.md, or a .json file (its .csv/.md go beside "
-                             "it) (default: <pred>/ssl_evaluation)")
+    parser.add_argument("-o", dest="output", default=None,
+                        help="output folder for metrics.json/.csv/.md (default: <pred>/ssl_evaluation); in "
+                             "nnUNetv2_evaluate_folder's form a -o ending in .json is taken as --output_file")
+    parser.add_argument("--output_file", default=None, metavar="FILE.json",
+                        help="write FILE.json, with FILE.csv and FILE.md beside it, instead of an output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("-np", "--num-processes", type=int, default=1, help="worker processes (default 1)")
+    parser.add_argument("-np", type=int, default=nnunet_default_num_processes(), dest="num_processes",
+                        help=f"worker processes (default as nnU-Net's: {nnunet_default_num_processes()}, or "
+                             f"nnUNet_def_n_proc)")
     parser.add_argument("--chill", action="store_true",
                         help="score only the references that have a prediction (as nnUNetv2_evaluate_folder)")
+    parser.add_argument("--disable_progress_bar", action="store_true",
+                        help=f"no progress bar (shown for more than {PROGRESS_MIN_CASES} cases)")
+    deprecated_aliases(parser, {"--labels": "-l", "--band-around": "--band_around", "--file-ending": "--file_ending",
+                                "--dataset-json": "-djfile", "--plans-json": "-pfile", "--output": "-o",
+                                "--num-processes": "-np"})
     return parser
 
 
@@ -457,17 +483,30 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         args.ref, args.pred = args.gt_folder, args.pred_folder
     elif args.ref is None or args.pred is None:
         parser.error("the reference and prediction folders are required: -ref REF -pred PRED, or REF PRED")
+    if args.output is not None and args.output.lower().endswith(".json"):
+        if not positional:  # nnUNetv2_evaluate_folder's -o is a .json file; elsewhere -o names a folder
+            warn_deprecated(PROG, "-o FILE.json", "--output_file FILE.json")
+        if args.output_file is not None:
+            parser.error("give the output either as -o FOLDER or as --output_file FILE.json, not both")
+        args.output_file, args.output = args.output, None
+    if args.output_file is not None:
+        if args.output is not None:
+            parser.error("give the output either as -o FOLDER or as --output_file FILE.json, not both")
+        if not args.output_file.lower().endswith(".json"):
+            parser.error(f"--output_file {args.output_file}: name a .json file (its .csv and .md go beside it), or "
+                         f"pass an output folder with -o")
     return args
 
 
 @exits_on_user_error(PROG)
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    output = args.output if args.output is not None else os.path.join(args.pred, "ssl_evaluation")
+    output = args.output_file or args.output or os.path.join(args.pred, "ssl_evaluation")
     _refuse_existing(output_paths(output), args.overwrite)  # before the (possibly long) evaluation
     result = evaluate_folders(args.ref, args.pred, args.labels, args.bootstrap, args.seed, args.units, args.lcc,
                               args.band, args.band_around, args.file_ending, args.dataset_json,
-                              args.num_processes, args.plans_json, args.chill)
+                              args.num_processes, args.plans_json, args.chill,
+                              progress=not args.disable_progress_bar)
     paths = write_outputs(result, output, args.overwrite)
     with open(paths[2], encoding="utf-8") as f:
         print(f.read())

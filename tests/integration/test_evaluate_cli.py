@@ -249,8 +249,43 @@ def test_nnunet_evaluate_folder_form(folders, tmp_path):
     # the same folders through the -ref/-pred form give the same numbers
     with pytest.warns(UserWarning, match="case_b"):
         assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "eval"), "--chill",
-                     "--file-ending", ".nii.gz"]) == 0
+                     "--file_ending", ".nii.gz"]) == 0
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"] == result["summary"]
+
+
+def test_output_file_and_the_old_spellings(folders, tmp_path, capsys):
+    """--output_file FILE.json names the outputs; -o FILE.json outside nnUNetv2_evaluate_folder's form and the old
+    long spellings still work, each with one warning line."""
+    ref_dir, pred_dir, _ = folders
+    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "--output_file", str(tmp_path / "a" / "s.json"),
+                 "--disable_progress_bar"]) == 0
+    assert sorted(os.listdir(tmp_path / "a")) == ["s.csv", "s.json", "s.md"]
+    assert "warning" not in capsys.readouterr().err
+    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "b" / "s.json"),
+                 "--file-ending", ".nii.gz", "--labels", "1"]) == 0
+    assert sorted(os.listdir(tmp_path / "b")) == ["s.csv", "s.json", "s.md"]
+    assert json.loads((tmp_path / "b" / "s.json").read_text())["settings"]["labels"] == [1]
+    warnings_ = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings_ == ["nnUNetv2_ssl_evaluate: warning: --file-ending is deprecated, use --file_ending",
+                         "nnUNetv2_ssl_evaluate: warning: --labels is deprecated, use -l",
+                         "nnUNetv2_ssl_evaluate: warning: -o FILE.json is deprecated, use --output_file FILE.json"]
+    user_error(["-ref", str(ref_dir), "-pred", str(pred_dir), "--output_file", str(tmp_path / "c")])
+    assert "name a .json file" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_progress_bar_for_more_than_a_few_cases(folders, tmp_path, capsys, monkeypatch):
+    from nnunet_ssl.evaluation import evaluate
+    ref_dir, pred_dir, _ = folders
+    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "a")]) == 0
+    assert "Evaluating" not in capsys.readouterr().err  # 3 cases: no bar
+    monkeypatch.setattr(evaluate, "PROGRESS_MIN_CASES", 2)
+    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert "Evaluating: 100%" in err and "3/3" in err
+    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "c"),
+                 "--disable_progress_bar"]) == 0
+    assert "Evaluating" not in capsys.readouterr().err
 
 
 def test_mixed_or_incomplete_forms_are_usage_errors(folders, capsys):
