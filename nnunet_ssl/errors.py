@@ -22,6 +22,11 @@ def fail(prog: str, message) -> NoReturn:
     raise SystemExit(EXIT_USER_ERROR)
 
 
+def warn(prog: str, message) -> None:
+    """Print ``<prog>: warning: <message>`` to stderr; the command goes on."""
+    print(f"{prog}: warning: {message}", file=sys.stderr)
+
+
 def exits_on_user_error(prog: str) -> Callable:
     """Decorator for a command's ``main``: a ``UserError`` raised inside ends the command through :func:`fail`."""
     def decorate(main: Callable) -> Callable:

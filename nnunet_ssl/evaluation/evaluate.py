@@ -33,7 +33,6 @@ import json
 import math
 import os
 import sys
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -41,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nnunet_ssl.cli_flags import deprecated_aliases, nnunet_default_num_processes, warn_deprecated
-from nnunet_ssl.errors import UserError, exits_on_user_error
+from nnunet_ssl.errors import UserError, exits_on_user_error, warn
 from nnunet_ssl.evaluation.metrics import binary_case_metrics, bootstrap_mean_std, keep_largest_connected_component
 
 PROG = "nnUNetv2_ssl_evaluate"
@@ -109,13 +108,33 @@ def pair_cases(ref_dir: str, pred_dir: str, file_ending: str, chill: bool = Fals
         if not chill or len(missing) == len(ref_files):
             raise EvaluationInputError(f"{len(missing)} reference case(s) have no prediction in {pred_dir}: {shown}. "
                                        f"Predictions must have the same file names as the references"
-                                       + ("." if chill else " (--chill scores only the cases that have one)."))
-        warnings.warn(f"--chill: {len(missing)} reference case(s) without prediction are not scored: {shown}")
+                                       + (_ending_hint(ref_files, pred_dir, file_ending) + "."
+                                          if len(missing) == len(ref_files) else
+                                          "." if chill else " (--chill scores only the cases that have one)."))
+        warn(PROG, f"--chill: {len(missing)} reference case(s) without prediction are not scored: {shown}")
         ref_files = [f for f in ref_files if f in pred_files]
     extra = sorted(pred_files - set(ref_files))
     if extra:
-        warnings.warn(f"{len(extra)} prediction file(s) without a reference are ignored: {', '.join(extra[:10])}")
+        warn(PROG, f"{len(extra)} prediction file(s) without a reference are ignored: {', '.join(extra[:10])}")
     return [(f[: -len(file_ending)], os.path.join(ref_dir, f), os.path.join(pred_dir, f)) for f in ref_files]
+
+
+def _ending_hint(ref_files: Sequence[str], pred_dir: str, file_ending: str) -> str:
+    """When no prediction matches: the files of the prediction folder named like the references but with another
+    ending (``.nii`` for ``.nii.gz``, say), as a hint; empty if there are none."""
+    stems = {f[:-len(file_ending)] for f in ref_files}
+    endings = supported_file_endings()
+    found: Dict[str, List[str]] = {}
+    for f in sorted(os.listdir(pred_dir)):
+        ending = _ending_of(f, endings)
+        if ending and ending != file_ending.lower() and f[:-len(ending)] in stems:
+            found.setdefault(ending, []).append(f)
+    if not found:
+        return ""
+    ending, files = max(found.items(), key=lambda item: len(item[1]))
+    return (f", but {pred_dir} holds {len(files)} file(s) named like them ending in {ending} instead of "
+            f"{file_ending} (e.g. {files[0]}): write the predictions with the references' file ending (nnU-Net "
+            f"writes dataset.json's file_ending) or convert them")
 
 
 def read_segmentation(path: str, reader_writer_class) -> Tuple[np.ndarray, Tuple[float, ...]]:
@@ -161,7 +180,41 @@ def evaluate_case(case_id: str, ref_path: str, pred_path: str, labels: Sequence[
                                                           band_around)
     return {"case": case_id, "reference_file": ref_path, "prediction_file": pred_path,
             "shape": list(ref.shape), "spacing": list(spacing), "per_class": per_class,
-            "mean": {key: _nanmean([per_class[str(l)][key] for l in labels]) for key in METRIC_KEYS}}
+            "mean": {key: _nanmean([per_class[str(l)][key] for l in labels]) for key in METRIC_KEYS},
+            "labels_in_reference": _label_values(ref), "labels_in_prediction": _label_values(pred)}
+
+
+def _label_values(seg: np.ndarray) -> List[int]:
+    """The label values present in an integer label map (bincount: one pass, no sort, for non-negative maps)."""
+    if seg.size and seg.min() >= 0:
+        return [int(v) for v in np.flatnonzero(np.bincount(seg.ravel()))]
+    return [int(v) for v in np.unique(seg)]
+
+
+def declared_labels(path: str) -> List[int]:
+    """Every label value a dataset.json declares (background, classes, region members, the ignore label)."""
+    values = set()
+    for value in _read_json_key(path, "labels", "-djfile").values():
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if isinstance(v, (int, float)) and float(v).is_integer():
+                values.add(int(v))
+    return sorted(values)
+
+
+def warn_undeclared_labels(cases: Sequence[dict], dataset_json: str) -> None:
+    """Warn about label values in the predictions (and references) that ``dataset_json`` does not declare: a model
+    of another dataset, or the wrong dataset.json."""
+    declared = set(declared_labels(dataset_json))
+    for which, key, question in (
+            ("prediction", "labels_in_prediction", "are they predictions of another dataset's model, or is -djfile "
+                                                   "the wrong dataset.json?"),
+            ("reference", "labels_in_reference", "is -djfile the dataset.json of these references?")):
+        undeclared = sorted({v for c in cases for v in c[key]} - declared)
+        if undeclared:
+            where = [c["case"] for c in cases if set(c[key]) - declared]
+            warn(PROG, f"{which}s contain label(s) {undeclared} that {dataset_json} does not declare (it declares "
+                       f"{sorted(declared)}), in {len(where)} case(s): {', '.join(where[:10])}"
+                       f"{' ...' if len(where) > 10 else ''}; {question}")
 
 
 def labels_in_references(ref_paths: Sequence[str], reader_writer_class) -> List[int]:
@@ -354,8 +407,10 @@ def evaluate_folders(ref_dir: str, pred_dir: str, labels: Optional[Sequence[int]
                 bar.update()
     for label_value in labels:
         if all(c["per_class"][str(label_value)]["ref_voxels"] == 0 for c in cases):
-            warnings.warn(f"label {label_value} is absent from every reference in {ref_dir}; its scores only reflect "
-                          f"false positives (both-empty cases count as Dice 1)")
+            warn(PROG, f"label {label_value} is absent from every reference in {ref_dir}; its scores only reflect "
+                       f"false positives (both-empty cases count as Dice 1)")
+    if dataset_json is not None:
+        warn_undeclared_labels(cases, dataset_json)
 
     settings = {"reference_folder": os.path.abspath(ref_dir), "prediction_folder": os.path.abspath(pred_dir),
                 "file_ending": file_ending, "reader_writer": reader_writer_class.__name__, "labels": labels,

@@ -199,10 +199,16 @@ def test_default_output_folder_and_parallel_workers(folders):
     assert len(rows) == 6 and [c["case"] for c in result["cases"]] == ["case_a", "case_b", "case_c"]
 
 
-def test_label_absent_from_references_warns(folders, tmp_path):
+def warning_lines(err: str):
+    return [line for line in err.splitlines() if "warning" in line]
+
+
+def test_label_absent_from_references_warns(folders, tmp_path, capsys):
     ref_dir, pred_dir, _ = folders
-    with pytest.warns(UserWarning, match="label 3 is absent"):
-        assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "eval"), "-l", "1", "3"]) == 0
+    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "eval"), "-l", "1", "3"]) == 0
+    assert warning_lines(capsys.readouterr().err) == [
+        f"nnUNetv2_ssl_evaluate: warning: label 3 is absent from every reference in {ref_dir}; its scores only reflect "
+        f"false positives (both-empty cases count as Dice 1)"]
     result, _, _ = read_outputs(tmp_path / "eval")
     assert result["summary"]["per_class"]["3"]["n_both_empty"] == 3
 
@@ -228,7 +234,7 @@ def test_2d_png_cases_are_scored_in_2d(tmp_path):
         assert stored[key] == pytest.approx(expected[key])
 
 
-def test_nnunet_evaluate_folder_form(folders, tmp_path):
+def test_nnunet_evaluate_folder_form(folders, tmp_path, capsys):
     """nnUNetv2_evaluate_folder's form: positional folders, -djfile (label names, file ending), -pfile (reader),
     -o naming a .json file, -np, --chill."""
     ref_dir, pred_dir, _ = folders
@@ -238,18 +244,20 @@ def test_nnunet_evaluate_folder_form(folders, tmp_path):
     (ref_dir / "notes.txt").write_text("not a segmentation")  # the ending comes from -djfile, no detection needed
     os.remove(pred_dir / "case_b.nii.gz")
     out = tmp_path / "out" / "summary.json"
-    with pytest.warns(UserWarning, match="case_b"):
-        assert main([str(ref_dir), str(pred_dir), "-djfile", str(dj), "-pfile", str(plans), "-o", str(out),
-                     "-np", "1", "--chill", "-l", "1", "2"]) == 0
+    assert main([str(ref_dir), str(pred_dir), "-djfile", str(dj), "-pfile", str(plans), "-o", str(out),
+                 "-np", "1", "--chill", "-l", "1", "2"]) == 0
+    assert warning_lines(capsys.readouterr().err) == [
+        "nnUNetv2_ssl_evaluate: warning: --chill: 1 reference case(s) without prediction are not scored: "
+        "case_b.nii.gz"]
     result = json.loads(out.read_text())
     assert [c["case"] for c in result["cases"]] == ["case_a", "case_c"]
     assert result["settings"]["label_names"] == {"1": "organ", "2": "vessel"}
     assert result["settings"]["reader_writer"] == "SimpleITKIO"
     assert (tmp_path / "out" / "summary.csv").is_file() and (tmp_path / "out" / "summary.md").is_file()
     # the same folders through the -ref/-pred form give the same numbers
-    with pytest.warns(UserWarning, match="case_b"):
-        assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "eval"), "--chill",
-                     "--file_ending", ".nii.gz"]) == 0
+    assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "eval"), "--chill",
+                 "--file_ending", ".nii.gz"]) == 0
+    assert "case_b.nii.gz" in capsys.readouterr().err
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"] == result["summary"]
 
 
@@ -301,3 +309,50 @@ def test_user_error_is_one_line(folders, tmp_path, capsys):
     user_error([str(ref_dir), str(tmp_path / "missing")])
     assert capsys.readouterr().err.strip().splitlines() == [
         f"nnUNetv2_ssl_evaluate: error: prediction folder {tmp_path / 'missing'} does not exist or is not a folder"]
+
+
+def test_labels_missing_from_dataset_json_warn(folders, tmp_path, capsys):
+    # dataset.json declares 0 and 1 only: the references and predictions hold 2 as well, case_a's prediction also 5
+    ref_dir, pred_dir, cases = folders
+    pred_a = cases["case_a"][1].copy()
+    pred_a[0, 0, 0] = 5
+    write_seg(pred_dir / "case_a.nii.gz", pred_a)
+    dj = tmp_path / "dataset.json"
+    dj.write_text(json.dumps({"labels": {"background": 0, "organ": 1}, "file_ending": ".nii.gz"}))
+    assert main([str(ref_dir), str(pred_dir), "-djfile", str(dj), "-o", str(tmp_path / "eval"), "-l", "1"]) == 0
+    assert warning_lines(capsys.readouterr().err) == [
+        f"nnUNetv2_ssl_evaluate: warning: predictions contain label(s) [2, 5] that {dj} does not declare (it "
+        f"declares [0, 1]), in 2 case(s): case_a, case_b; are they predictions of another dataset's model, or is "
+        f"-djfile the wrong dataset.json?",
+        f"nnUNetv2_ssl_evaluate: warning: references contain label(s) [2] that {dj} does not declare (it declares "
+        f"[0, 1]), in 3 case(s): case_a, case_b, case_c; is -djfile the dataset.json of these references?"]
+    result, _, _ = read_outputs(tmp_path / "eval")  # a warning: the evaluation still runs
+    assert result["cases"][0]["labels_in_prediction"] == [0, 1, 2, 5]
+    assert result["cases"][2]["labels_in_prediction"] == [0, 1]      # case_c missed label 2
+    assert result["cases"][2]["labels_in_reference"] == [0, 1, 2]
+    # a dataset.json that declares every label (regions count with their members) gives no warning
+    dj.write_text(json.dumps({"labels": {"background": 0, "organ": [1, 2], "vessel": 2, "other": 5},
+                              "file_ending": ".nii.gz"}))
+    assert main([str(ref_dir), str(pred_dir), "-djfile", str(dj), "-o", str(tmp_path / "eval2"), "-l", "1"]) == 0
+    assert warning_lines(capsys.readouterr().err) == []
+
+
+def test_no_prediction_matches_hints_at_the_file_ending(folders, tmp_path, capsys):
+    # predictions written as .nii while the references are .nii.gz: nothing matches, the error says why
+    ref_dir, pred_dir, cases = folders
+    for case_id, (_, pred) in cases.items():
+        os.remove(pred_dir / f"{case_id}.nii.gz")
+        write_seg(pred_dir / f"{case_id}.nii", pred)
+    before = sorted(os.listdir(pred_dir))
+    user_error(["-ref", str(ref_dir), "-pred", str(pred_dir)])
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"nnUNetv2_ssl_evaluate: error: 3 reference case(s) have no prediction in {pred_dir}: case_a.nii.gz, "
+        f"case_b.nii.gz, case_c.nii.gz. Predictions must have the same file names as the references, but {pred_dir} "
+        f"holds 3 file(s) named like them ending in .nii instead of .nii.gz (e.g. case_a.nii): write the predictions "
+        f"with the references' file ending (nnU-Net writes dataset.json's file_ending) or convert them."]
+    assert sorted(os.listdir(pred_dir)) == before  # nothing written (no ssl_evaluation folder)
+    # the hint only names files of the references' cases: other files give the plain message
+    for case_id in cases:
+        os.rename(pred_dir / f"{case_id}.nii", pred_dir / f"other_{case_id}.nii")
+    user_error(["-ref", str(ref_dir), "-pred", str(pred_dir)])
+    assert "instead of" not in capsys.readouterr().err
