@@ -1,15 +1,35 @@
 """Unlabelled cases as an nnU-Net dataset, so nnU-Net's own loader and augmentation can serve them; the manifest
 that records what an unlabelled folder was made from, and the check of it against a trainer's plans."""
+import difflib
 import json
+import os
 from typing import Dict, List, Sequence
 
-from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset, infer_dataset_class
 
 from nnunet_ssl.errors import UserError
 
 UNLABELED_RAW_FOLDER = "imagesUnlabeled"
 UNLABELED_REFERENCE_RAW_FOLDER = "labelsUnlabeled"  # optional hidden masks, read only by diagnostics
+# the folders nnU-Net and this plugin read in a raw dataset folder: never a misspelling of one another
+RAW_FOLDER_NAMES = ("imagesTr", "labelsTr", "imagesTs", "labelsTs", UNLABELED_RAW_FOLDER,
+                    UNLABELED_REFERENCE_RAW_FOLDER)
+
+
+def misnamed_folders(raw_dataset_folder: str, expected: str) -> List[str]:
+    """Sub-folders of a raw dataset folder named almost like ``expected``: another case, ``_``/``-``, a doubled
+    letter or one typo (``imagesUnlabelled``, ``ImagesUnlabeled``, ``images_unlabeled``), which the commands would
+    otherwise silently not read."""
+    if not isdir(raw_dataset_folder):
+        return []
+
+    def norm(name: str) -> str:
+        return name.lower().replace("_", "").replace("-", "").replace(" ", "")
+
+    return sorted(d for d in os.listdir(raw_dataset_folder)
+                  if d not in RAW_FOLDER_NAMES and isdir(join(raw_dataset_folder, d))
+                  and difflib.SequenceMatcher(None, norm(d), norm(expected)).ratio() >= 0.93)
 
 
 class UnlabeledDataError(UserError):
