@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Plot of held-out Dice per trainer, every run a point, from the run records of ``benchmark_ssl.py --record``.
 
-    python scripts/benchmark_plot.py benchmarks/LA_3p5mm --output_file docs/img/la_dice.png [--budgets 4]
+    python scripts/benchmark_plot.py benchmarks/LA_3p5mm --output_file docs/img/la_dice.png [--budget 4]
         [--rows nnUNetTrainer "nnUNetTrainerCRLN=CRLN" "nnUNetTrainer@all=full supervision" ...]
 
 Reads ``budget_<tag>/*.json`` (fold of the records' split, usually 0) and ``fold_<F>/budget_<tag>/*.json`` (the
 other held-out folds), so one row shows the spread over seeds and folds: a point per run (marker and colour by
 fold), a bar for the mean over all runs, a line from the lowest to the highest run. A row is
-``TRAINER[@BUDGET][=LABEL]``: the trainer's runs at ``--budgets`` (or at BUDGET, e.g. ``@all`` for full supervision),
+``TRAINER[@BUDGET][=LABEL]``: the trainer's runs at ``--budget`` (or at BUDGET, e.g. ``@all`` for full supervision),
 labelled LABEL (default: the trainer name). Rows without records are left out and named on stderr.
 """
 import argparse
@@ -106,15 +106,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="benchmark_plot.py", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", help="record folder written by benchmark_ssl.py --record")
     p.add_argument("--output_file", required=True, metavar="FILE.png", help="the PNG file to write")
-    p.add_argument("--budgets", default="4", metavar="B",
-                   help="label budget of the rows without @BUDGET (one value, as benchmark_ssl.py names it; default 4)")
+    p.add_argument("--budget", default="4", metavar="B",
+                   help="label budget of the rows without @BUDGET (as confirmation_table.py; default 4)")
     p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), help="TRAINER[@BUDGET][=LABEL] ...")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
     if not os.path.isdir(args.folder):
         p.error(f"{args.folder} is not a folder (give the folder that benchmark_ssl.py --record wrote)")
     try:
-        rows = [parse_row(s, args.budgets) for s in args.rows]
+        rows = [parse_row(s, args.budget) for s in args.rows]
     except ValueError as e:
         p.error(str(e))
     out_dir = os.path.dirname(os.path.abspath(args.output_file))
