@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Iteration time, peak GPU memory and loader waiting of ``nnUNetTrainer`` and the semi-supervised trainers.
 
-    python scripts/benchmark_speed.py -d 101 -c 3d_fullres [--trainers ...] [--iters 50] [--warmup 20] [-o speed.json]
+    python scripts/benchmark_speed.py -d 101 -c 3d_fullres [--trainers ...] [--iterations 50] [--warmup 20] \
+        [--output_file speed.json]
 
 Every trainer is built in-process the way ``nnUNetv2_train`` builds it (``get_trainer_from_args``: same plans,
 configuration, fold, hence the same patch size and labelled batch size), started with ``on_train_start()`` (network,
@@ -29,7 +30,7 @@ reported: the self-training stage's iteration (labelled batch plus pseudo-labell
 one-off prediction of the fold's unlabelled cases with nnU-Net's predictor before it, reported as seconds per
 unlabelled case. The trainer needs a pseudo-label folder, and their content does not matter for timing: a network of
 the same plans, initialised and not trained, makes them through ``nnUNetv2_ssl_self_train``'s own code path (the
-same predictor, mirroring unless ``--disable-tta``, and storage) into a temporary ``nnUNet_preprocessed`` whose
+same predictor, mirroring unless ``--disable_tta``, and storage) into a temporary ``nnUNet_preprocessed`` whose
 entries link to yours (your pseudo-label folders excepted); only preprocessed images are read, never a hidden
 label, and nothing is written into your preprocessed folder. The temporary folder is deleted afterwards.
 
@@ -50,6 +51,8 @@ import traceback
 from datetime import datetime
 from typing import Dict, List, Optional, Tuple
 
+from nnunet_ssl.cli_flags import deprecated_aliases
+
 DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerMeanTeacher", "nnUNetTrainerCRLN", "nnUNetTrainerCDR",
                     "nnUNetTrainerBoCLIS", "nnUNetTrainerUGPL")
 REFERENCE_TRAINER = "nnUNetTrainer"
@@ -66,7 +69,7 @@ def select_device(name: Optional[str], num_threads: Optional[int] = None):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("--device cuda: no CUDA device is visible to torch; use --device cpu")
+            raise SystemExit("-device cuda: no CUDA device is visible to torch; use -device cpu")
         torch.set_num_threads(num_threads or 1)
         with contextlib.suppress(RuntimeError):  # interop threads can only be set before any parallel work
             torch.set_num_interop_threads(1)
@@ -74,7 +77,7 @@ def select_device(name: Optional[str], num_threads: Optional[int] = None):
     if name == "cpu":
         torch.set_num_threads(num_threads or multiprocessing.cpu_count())
         return torch.device("cpu")
-    raise SystemExit(f"--device must be 'cuda' or 'cpu', got {name!r}")
+    raise SystemExit(f"-device must be 'cuda' or 'cpu', got {name!r}")
 
 
 def machine_info(device) -> dict:
@@ -377,7 +380,7 @@ def prepare_self_training(trainer_name: str, args, device, work_dir: str) -> Tup
         if "_pseudolabels_fold_" not in entry:  # the user's pseudo-labels are neither read nor replaced
             os.symlink(os.path.abspath(join(user_base, entry)), join(pre_root, dataset, entry))
     argv = ["-d", dataset, "-c", args.c, "-f", str(args.fold), "-p", args.p, "-tr", trainer_name,
-            "-device", device.type] + (["--disable-tta"] if args.disable_tta else [])
+            "-device", device.type] + (["--disable_tta"] if args.disable_tta else [])
     cli_args = self_train.build_parser().parse_args(argv)
     with environment(nnUNet_preprocessed=pre_root):
         setup = self_train.Setup(cli_args)
@@ -456,34 +459,40 @@ def format_table(results: Dict[str, dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] + " Writes a Markdown table and JSON.")
+    p = argparse.ArgumentParser(prog="benchmark_speed.py",
+                                description=__doc__.split("\n\n")[0] + " Writes a Markdown table and JSON.")
     p.add_argument("-d", required=True, help="dataset name or id (planned and preprocessed)")
     p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    p.add_argument("-f", "--fold", type=int, default=0, help="fold whose split the loaders use (default 0)")
+    p.add_argument("-f", dest="fold", type=int, metavar="F", default=0,
+                   help="fold whose split the loaders use (default 0)")
     p.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS),
                    help=f"trainer class names (default: {' '.join(DEFAULT_TRAINERS)}); ratios are to "
                         f"{REFERENCE_TRAINER}")
-    p.add_argument("--iters", type=int, default=50, help="timed iterations per phase (default 50)")
+    p.add_argument("--iterations", dest="iters", type=int, metavar="N", default=50,
+                   help="timed iterations per phase (default 50)")
     p.add_argument("--warmup", type=int, default=20,
                    help="untimed iterations before each phase (default 20; enough for torch.compile)")
-    p.add_argument("--disable-tta", action="store_true",
+    p.add_argument("--disable_tta", action="store_true",
                    help="self-training trainers: pseudo-label without test-time mirroring (as nnUNetv2_ssl_self_train "
-                        "--disable-tta; default: mirroring on)")
-    p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda if available")
-    p.add_argument("--num-threads", type=int, default=None,
+                        "--disable_tta; default: mirroring on)")
+    p.add_argument("-device", dest="device", choices=("cuda", "cpu"), default=None, help="default: cuda if available")
+    p.add_argument("--threads", dest="num_threads", type=int, metavar="N", default=None,
                    help="torch threads (default as nnUNetv2_train: all cores on CPU, 1 with CUDA)")
-    p.add_argument("-o", "--output", default="benchmark_speed.json",
+    p.add_argument("--output_file", dest="output", default="benchmark_speed.json", metavar="FILE.json",
                    help="JSON output file (default benchmark_speed.json); the table goes next to it as .md")
-    p.add_argument("--keep-results", action="store_true",
+    p.add_argument("--keep_results", action="store_true",
                    help="keep the temporary nnUNet_results folder with the trainers' logs (its path is printed)")
+    deprecated_aliases(p, {"--fold": "-f", "--iters": "--iterations", "--disable-tta": "--disable_tta",
+                           "--device": "-device", "--num-threads": "--threads", "-o": "--output_file",
+                           "--output": "--output_file", "--keep-results": "--keep_results"})
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.iters < 1 or args.warmup < 0:
-        raise SystemExit("--iters must be >= 1 and --warmup >= 0")
+        raise SystemExit("--iterations must be >= 1 and --warmup >= 0")
     from nnunetv2.paths import nnUNet_preprocessed
     if not nnUNet_preprocessed.is_set():
         raise SystemExit("nnUNet_preprocessed is not set; point it at the folder with the planned dataset")

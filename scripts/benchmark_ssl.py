@@ -1,33 +1,36 @@
 #!/usr/bin/env python
 """Accuracy against the label budget: labelled-only, fully supervised and semi-supervised trainers side by side.
 
-    python scripts/benchmark_ssl.py -d 101 -c 3d_fullres --budgets 4 8 16 --epochs 100 --iters-per-epoch 250 \
-        --output benchmarks/LA [--trainers nnUNetTrainerMeanTeacher ...] [--val 16] [--fold 0]
+    python scripts/benchmark_ssl.py -d 101 -c 3d_fullres --budgets 4 8 16 --epochs 100 --iterations_per_epoch 250 \
+        -o bench_work/LA [--trainers nnUNetTrainerMeanTeacher ...] [--num_val 16] [-f 0] [--record DIR]
 
 For every label budget B the script writes a label-budget split with ``nnUNetv2_ssl_split`` (B labelled training
-cases, the other training cases ``unlabeled``, ``--val`` held-out cases; the same held-out block for every budget
+cases, the other training cases ``unlabeled``, ``--num_val`` held-out cases; the same held-out block for every budget
 because the shuffle depends only on ``--seed``), then trains, each for the same iterations
-(``--epochs`` x ``--iters-per-epoch``):
+(``--epochs`` x ``--iterations_per_epoch``):
 
 * ``nnUNetTrainer`` on the B labelled cases (stock nnU-Net ignores the ``unlabeled`` list),
 * every semi-supervised trainer of ``--trainers`` on the B labelled plus the unlabelled cases,
 
 and once ``nnUNetTrainer`` with all non-held-out training cases labelled (the fully supervised upper bound). Each
 trained model predicts the held-out cases with nnU-Net's predictor (``imagesTs``/``labelsTs`` when the raw dataset
-has them, else the split's validation cases of ``imagesTr``: ``--test-set``), and ``nnUNetv2_ssl_evaluate``'s code
+has them, else the split's validation cases of ``imagesTr``: ``--test_set``), and ``nnUNetv2_ssl_evaluate``'s code
 scores them. Results: ``benchmark_ssl.md`` (rows trainers, columns budgets, Dice % mean ± std over held-out cases),
-``benchmark_ssl.png`` (Dice vs number of labelled cases per trainer) and ``benchmark_ssl.json`` in ``--output``.
+``benchmark_ssl.png`` (Dice vs number of labelled cases per trainer) and ``benchmark_ssl.json`` in ``-o``.
 
 Trainers are built in-process the way ``nnUNetv2_train`` builds them (``get_trainer_from_args``); the schedule is
 set on the instance (``num_epochs``, ``num_iterations_per_epoch``, ``num_val_iterations_per_epoch``) before
 ``run_training()``. nnU-Net's final validation is skipped (the held-out prediction replaces it).
 
-Your data and results stay untouched: every budget gets its own ``nnUNet_preprocessed`` folder inside ``--output``
+Your data and results stay untouched: every budget gets its own ``nnUNet_preprocessed`` folder inside ``-o``
 whose entries are symbolic links to your preprocessed dataset except ``splits_final.json``, which is the
 benchmark's own (your ``splits_final.json`` is never read or written), and its own ``nnUNet_results`` inside
-``--output``. Resumable: a run with ``checkpoint_final.pth`` and ``metrics.json`` is skipped, a run with only
+``-o``. Resumable: a run with ``checkpoint_final.pth`` and ``metrics.json`` is skipped, a run with only
 ``checkpoint_final.pth`` is predicted and evaluated again, a run with ``checkpoint_latest.pth`` continues from it.
-Changing the settings of an existing ``--output`` is refused (it would mix runs made with different settings).
+Changing the settings of an existing ``-o`` is refused (it would mix runs made with different settings).
+Before each run a line ``run i/N: trainer, budget, fold, seed`` gives the time elapsed and an estimate of the time
+left from the runs finished so far (runs finished by an earlier call are skipped and not counted). Run records
+(``--record DIR``) are written only when asked.
 """
 import argparse
 import gc
@@ -37,6 +40,8 @@ import sys
 import time
 import traceback
 from typing import Dict, List, Optional
+
+from nnunet_ssl.cli_flags import deprecated_aliases, elapsed
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_speed import (construct_trainer, environment, machine_info, resolve_trainer,  # noqa: E402
@@ -48,6 +53,13 @@ SSL_TRAINERS = ("nnUNetTrainerMeanTeacher", "nnUNetTrainerCRLN", "nnUNetTrainerC
 BASELINE = "nnUNetTrainer"
 ALL_LABELED = "all"  # budget tag of the fully supervised run
 SETTINGS_FILE = "settings.json"
+# spellings of earlier versions: accepted with a warning (nnunet_ssl.cli_flags)
+DEPRECATED = {"--no-baseline": "--no_baseline", "--record-dir": "--record",
+              "--iters-per-epoch": "--iterations_per_epoch",
+              "--self-training-labeled-share": "--self_training_labeled_share",
+              "--val-iters": "--val_iterations_per_epoch", "--val": "--num_val", "--fold": "-f",
+              "--test-set": "--test_set", "--no-full": "--no_full", "--disable-tta": "--disable_tta",
+              "--device": "-device", "--num-threads": "--threads", "--output": "-o"}
 RUN_FILE = "run.json"
 
 
@@ -99,14 +111,14 @@ def write_budget_split(paths: dict, budget_root: str, num_labeled: int, num_val:
             with open(split_file, encoding="utf-8") as f:
                 if json.load(f) != expected:
                     raise BenchmarkError(f"{split_file} differs from the split these settings give; it belongs to "
-                                         f"another benchmark: use a new --output")
+                                         f"another benchmark: use a new -o")
             return expected
         try:
-            ssl_split.main(["-d", paths["name"], "--labeled", str(num_labeled), "--num-val", str(num_val), "--folds",
+            ssl_split.main(["-d", paths["name"], "--labeled", str(num_labeled), "--num_val", str(num_val), "--folds",
                             str(num_folds), "--seed", str(seed)])
         except SystemExit as e:
             if e.code:
-                raise BenchmarkError(f"nnUNetv2_ssl_split --labeled {num_labeled} --num-val {num_val} failed (see "
+                raise BenchmarkError(f"nnUNetv2_ssl_split --labeled {num_labeled} --num_val {num_val} failed (see "
                                      f"above)") from None
     return expected
 
@@ -120,7 +132,7 @@ def heldout_cases(paths: dict, test_set: str, val_cases: List[str], reference_ro
     has_test = os.path.isdir(images_ts) and os.path.isdir(labels_ts) and \
         any(f.endswith(ending) for f in os.listdir(labels_ts))
     if test_set == "test" and not has_test:
-        raise BenchmarkError(f"--test-set test: {images_ts} and {labels_ts} (with '{ending}' files) are needed")
+        raise BenchmarkError(f"--test_set test: {images_ts} and {labels_ts} (with '{ending}' files) are needed")
     if test_set == "test" or (test_set == "auto" and has_test):
         channels = len(dj.get("channel_names", dj.get("modality", {"0": None})))
         cases = sorted(f[:-len(ending)] for f in os.listdir(labels_ts) if f.endswith(ending))
@@ -198,7 +210,7 @@ def self_training_epochs(args) -> tuple:
     the labelled-only model's included."""
     labeled = int(round(args.epochs * args.self_training_labeled_share))
     if not 1 <= labeled < args.epochs or abs(labeled - args.epochs * args.self_training_labeled_share) > 1e-6:
-        raise BenchmarkError(f"--self-training-labeled-share {args.self_training_labeled_share} of --epochs "
+        raise BenchmarkError(f"--self_training_labeled_share {args.self_training_labeled_share} of --epochs "
                              f"{args.epochs} must be a whole number of epochs between 1 and {args.epochs - 1}")
     return labeled, args.epochs - labeled
 
@@ -222,9 +234,9 @@ def train_self_training(args, paths, budget_pre_root, seed_dir, results_root, de
         train(resolve_trainer(BASELINE)[0], args, paths, budget_pre_root, labeled_root, labeled_fold, device, seed,
               epochs=labeled_epochs)
     seed_everything(seed)
-    argv = ["-d", paths["name"], "-c", args.c, "-f", str(args.fold), "-p", args.p, "--labeled-model", labeled_model,
-            "--epochs", str(pseudo_epochs), "--iterations-per-epoch", str(args.iters_per_epoch), "--validate", "none",
-            "-device", device.type, "--save-every", "1"]
+    argv = ["-d", paths["name"], "-c", args.c, "-f", str(args.fold), "-p", args.p, "--labeled_model", labeled_model,
+            "--epochs", str(pseudo_epochs), "--iterations_per_epoch", str(args.iters_per_epoch), "--validate", "none",
+            "-device", device.type, "--save_every", "1"]
     self_training_model = model_folder(results_root, paths["name"], SELF_TRAINING, args.p, args.c)
     record = self_train.read_run_record(self_training_model, args.fold)
     if self_train.earlier_runs(self_training_model, args.fold) and record and "recipe" in record[0]:
@@ -233,9 +245,9 @@ def train_self_training(args, paths, budget_pre_root, seed_dir, results_root, de
     else:
         argv.append("--overwrite")
     if args.disable_tta:
-        argv.append("--disable-tta")
+        argv.append("--disable_tta")
     if args.num_threads:
-        argv += ["--num-threads", str(args.num_threads)]
+        argv += ["--threads", str(args.num_threads)]
     with environment(nnUNet_preprocessed=budget_pre_root, nnUNet_results=results_root):
         summary = self_train.run(self_train.build_parser().parse_args(argv))
     return {"train_seconds": time.perf_counter() - start,
@@ -336,9 +348,8 @@ def write_record(record_dir: Optional[str], budget_tag: str, record: dict) -> No
         json.dump(keep, f, indent=2)
 
 
-def run_one(trainer_name, budget, args, paths, budget_dir, heldout, device, seed: int = 0,
-            context: Optional[dict] = None) -> dict:
-    """Train (or continue), predict and evaluate one trainer at one budget and seed, skipping finished work."""
+def run_locations(trainer_name, args, paths, budget_dir, seed: int) -> tuple:
+    """(seed folder, run folder, nnUNet_results, model folder, fold folder, final checkpoint, metrics file)."""
     seed_dir = os.path.join(budget_dir, f"seed_{seed}")
     run_dir = os.path.join(seed_dir, trainer_name)
     results_root = os.path.join(seed_dir, "nnUNet_results")
@@ -346,6 +357,58 @@ def run_one(trainer_name, budget, args, paths, budget_dir, heldout, device, seed
     fold_dir = os.path.join(model_dir, f"fold_{args.fold}")
     final = os.path.join(fold_dir, "checkpoint_final.pth")
     metrics_file = os.path.join(run_dir, "evaluation", "metrics.json")
+    return seed_dir, run_dir, results_root, model_dir, fold_dir, final, metrics_file
+
+
+def finished_earlier(trainer_name, args, paths, budget_dir, seed: int) -> bool:
+    """The run was trained, predicted and evaluated by an earlier call (``run_one`` skips it)."""
+    *_, final, metrics_file = run_locations(trainer_name, args, paths, budget_dir, seed)
+    return os.path.isfile(final) and os.path.isfile(metrics_file)
+
+
+class Progress:
+    """``run i/N: trainer, budget, fold, seed`` before each run, with the time elapsed and an estimate of the time
+    left: the mean duration of the runs finished in this call times the runs still to do. Runs finished by an
+    earlier call (``finished_earlier``, skipped in seconds) count for neither."""
+
+    def __init__(self, finished_earlier: List[bool], clock=time.monotonic, out=print):
+        self.finished_earlier, self.total = list(finished_earlier), len(finished_earlier)
+        self.clock, self.out = clock, out
+        self.begin = clock()
+        self.index, self.durations, self.run_start = 0, [], None
+
+    def start(self, trainer: str, budget_tag: str, fold: int, seed: int) -> None:
+        i = self.index
+        self.index += 1
+        self.run_start = self.clock()
+        line = (f"[benchmark_ssl] run {i + 1}/{self.total}: {trainer}, budget {budget_tag}, fold {fold}, seed {seed} "
+                f"(elapsed {elapsed(self.run_start - self.begin)}")
+        if self.finished_earlier[i]:
+            self.out(f"{line}; finished earlier)")
+            return
+        remaining = sum(not done for done in self.finished_earlier[i:])
+        if self.durations:
+            mean = sum(self.durations) / len(self.durations)
+            estimate = (f"about {elapsed(mean * remaining)} left for {remaining} run(s), from the "
+                        f"{len(self.durations)} finished")
+        else:
+            estimate = "no estimate until a run has finished"
+        self.out(f"{line}; {estimate})")
+
+    def finish(self, counted: bool = True) -> None:
+        """``counted``: the run did its work (a trainer that could not be imported took no time)."""
+        if counted and not self.finished_earlier[self.index - 1]:
+            self.durations.append(self.clock() - self.run_start)
+
+    def done(self) -> None:
+        self.out(f"[benchmark_ssl] {self.total} run(s) done in {elapsed(self.clock() - self.begin)}")
+
+
+def run_one(trainer_name, budget, args, paths, budget_dir, heldout, device, seed: int = 0,
+            context: Optional[dict] = None) -> dict:
+    """Train (or continue), predict and evaluate one trainer at one budget and seed, skipping finished work."""
+    seed_dir, run_dir, results_root, model_dir, fold_dir, final, metrics_file = run_locations(
+        trainer_name, args, paths, budget_dir, seed)
     record = {"trainer": trainer_name, "budget": budget, "seed": seed, "model_folder": model_dir,
               "run_folder": run_dir}
     run_file = os.path.join(run_dir, RUN_FILE)
@@ -453,46 +516,51 @@ def row_label(trainer: str) -> str:
 
 # --------------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[2].replace("\n", " "))
+    p = argparse.ArgumentParser(prog="benchmark_ssl.py", description=__doc__.split("\n\n")[2].replace("\n", " "))
     p.add_argument("-d", required=True, help="dataset name or id (planned and preprocessed; raw data in nnUNet_raw)")
     p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
     p.add_argument("--budgets", type=int, nargs="+", required=True, help="numbers of labelled training cases")
     p.add_argument("--trainers", nargs="*", default=list(SSL_TRAINERS),
                    help=f"semi-supervised trainers (default: {' '.join(SSL_TRAINERS)}); {BASELINE} labelled-only "
-                        f"and fully supervised are run too unless --no-baseline / --no-full")
+                        f"and fully supervised are run too unless --no_baseline / --no_full")
     p.add_argument("--seeds", type=int, nargs="+", default=[0],
                    help="training seeds: every run is repeated once per seed (default: 0)")
-    p.add_argument("--no-baseline", action="store_true", help="skip the labelled-only nnUNetTrainer runs")
-    p.add_argument("--record-dir", default=None,
+    p.add_argument("--no_baseline", action="store_true", help="skip the labelled-only nnUNetTrainer runs")
+    p.add_argument("--record", dest="record_dir", default=None, metavar="DIR",
                    help="also write each finished run's result (metrics, diagnostics, commit, machine, date, "
                         "iterations, seed) as a small JSON under this folder, e.g. benchmarks/LA_3p5mm, so that "
-                        "results can be committed and tables rebuilt with scripts/benchmark_table.py")
+                        "results can be committed and tables rebuilt with scripts/benchmark_table.py (default: no "
+                        "records)")
     p.add_argument("--epochs", type=int, required=True, help="epochs of every run")
-    p.add_argument("--iters-per-epoch", type=int, default=250, help="training iterations per epoch (default 250)")
-    p.add_argument("--self-training-labeled-share", type=float, default=0.5,
+    p.add_argument("--iterations_per_epoch", dest="iters_per_epoch", type=int, metavar="N", default=250,
+                   help="training iterations per epoch (default 250)")
+    p.add_argument("--self_training_labeled_share", type=float, default=0.5, metavar="SHARE",
                    help=f"{SELF_TRAINING}: share of the iterations spent on its labelled-only model; the "
                         f"self-training stage gets the rest (default 0.5)")
-    p.add_argument("--val-iters", type=int, default=10,
+    p.add_argument("--val_iterations_per_epoch", dest="val_iters", type=int, metavar="N", default=10,
                    help="nnU-Net validation iterations per epoch (logging/checkpoint_best only; default 10)")
-    p.add_argument("--val", type=int, default=None,
+    p.add_argument("--num_val", dest="val", type=int, metavar="N", default=None,
                    help="held-out (validation) cases of the split (default 20%% of the training cases)")
-    p.add_argument("-f", "--fold", type=int, default=0, help="which validation block of the split (default 0)")
+    p.add_argument("-f", dest="fold", type=int, metavar="F", default=0,
+                   help="which validation block of the split (default 0)")
     p.add_argument("--seed", type=int, default=0, help="seed of the split's shuffle (default 0)")
-    p.add_argument("--test-set", choices=("auto", "test", "val"), default="auto",
+    p.add_argument("--test_set", choices=("auto", "test", "val"), default="auto",
                    help="held-out cases: imagesTs/labelsTs ('test'), the split's validation cases ('val'), or "
                         "'auto' (test if the dataset has labelsTs, default)")
-    p.add_argument("--no-full", action="store_true", help="skip the fully supervised nnUNetTrainer run")
-    p.add_argument("--disable-tta", action="store_true", help="predict without test-time mirroring")
-    p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda if available")
-    p.add_argument("--num-threads", type=int, default=None,
+    p.add_argument("--no_full", action="store_true", help="skip the fully supervised nnUNetTrainer run")
+    p.add_argument("--disable_tta", action="store_true", help="predict without test-time mirroring")
+    p.add_argument("-device", dest="device", choices=("cuda", "cpu"), default=None, help="default: cuda if available")
+    p.add_argument("--threads", dest="num_threads", type=int, metavar="N", default=None,
                    help="torch threads (default as nnUNetv2_train: all cores on CPU, 1 with CUDA)")
-    p.add_argument("-o", "--output", required=True, help="benchmark folder (all runs, predictions, reports)")
+    p.add_argument("-o", dest="output", required=True, metavar="OUT",
+                   help="benchmark folder (all runs, predictions, reports)")
+    deprecated_aliases(p, DEPRECATED)
     return p
 
 
 def check_settings(output: str, settings: dict) -> None:
-    """Refuse to mix runs with different settings in one --output (budgets and trainers may be added)."""
+    """Refuse to mix runs with different settings in one -o folder (budgets and trainers may be added)."""
     path = os.path.join(output, SETTINGS_FILE)
     fixed = {k: v for k, v in settings.items() if k not in ("budgets", "ssl_trainers", "no_full", "seeds",
                                                                    "no_baseline")}
@@ -503,7 +571,7 @@ def check_settings(output: str, settings: dict) -> None:
         if diff:
             raise BenchmarkError(f"{output} holds runs made with other settings ({', '.join(diff)}: "
                                  f"{[old.get(k) for k in diff]} there, {[fixed.get(k) for k in diff]} now); use "
-                                 f"another --output")
+                                 f"another -o")
     else:
         os.makedirs(output, exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
@@ -524,16 +592,16 @@ def _main(args) -> int:
     if args.fold < 0:
         # the benchmark writes its own split with folds 0..fold, so every run has a fold whose labels stay hidden;
         # a negative index would silently pick another block
-        raise BenchmarkError(f"--fold {args.fold}: give the held-out block's index, 0 or more")
+        raise BenchmarkError(f"-f {args.fold}: give the held-out block's index, 0 or more")
     if args.epochs < 1 or args.iters_per_epoch < 1 or args.val_iters < 1:
-        raise BenchmarkError("--epochs, --iters-per-epoch and --val-iters must be at least 1")
+        raise BenchmarkError("--epochs, --iterations_per_epoch and --val_iterations_per_epoch must be at least 1")
     use_plugin_trainers()
     paths = dataset_paths(args.d)
     device = select_device(args.device, args.num_threads)
     output = os.path.abspath(args.output)
     user_results = os.environ.get("nnUNet_results")
     if user_results and os.path.commonpath([output, os.path.abspath(user_results)]) == os.path.abspath(user_results):
-        raise BenchmarkError(f"--output {output} lies inside nnUNet_results ({user_results}); choose a folder of "
+        raise BenchmarkError(f"-o {output} lies inside nnUNet_results ({user_results}); choose a folder of "
                              f"its own so the benchmark cannot mix with your trainings")
     if SELF_TRAINING in args.trainers:
         self_training_epochs(args)  # refuse a share that is not a whole number of epochs before any work
@@ -542,13 +610,13 @@ def _main(args) -> int:
     budgets = sorted(set(args.budgets))
     ssl_trainers = [t for t in dict.fromkeys(args.trainers) if t != BASELINE]
     num_all = num_training - num_val
-    if num_val < 1:  # nnU-Net validates every epoch; refused before anything is written to --output
-        raise BenchmarkError(f"--val {num_val}: hold out at least 1 case (the held-out block is scored and nnU-Net "
+    if num_val < 1:  # nnU-Net validates every epoch; refused before anything is written to -o
+        raise BenchmarkError(f"--num_val {num_val}: hold out at least 1 case (the held-out block is scored and nnU-Net "
                              f"validates on it every epoch)")
     if min(budgets) < 1:
         raise BenchmarkError(f"--budgets {budgets}: every label budget must be at least 1 labelled case")
     if any(b > num_all for b in budgets):
-        raise BenchmarkError(f"--budgets {budgets}: with {num_training} training cases and --val {num_val} at most "
+        raise BenchmarkError(f"--budgets {budgets}: with {num_training} training cases and --num_val {num_val} at most "
                              f"{num_all} can be labelled")
     settings = {"dataset": str(args.d), "dataset_name": paths["name"], "configuration": args.c, "plans": args.p,
                 "fold": args.fold, "seed": args.seed, "num_val": num_val, "epochs": args.epochs,
@@ -575,13 +643,18 @@ def _main(args) -> int:
                "iterations": args.epochs * args.iters_per_epoch,
                "settings": {k: v for k, v in settings.items() if k not in ("budgets", "ssl_trainers", "seeds")}}
     runs: Dict[str, Dict[str, dict]] = {}
-    for tag, num_labeled, trainers in plan:
-        for trainer in trainers:
-            for seed in settings["seeds"]:
-                record = run_one(trainer, num_labeled, args, paths, budget_dirs[tag], heldout, device, seed,
-                                 {**context, "split": splits[tag], "heldout_source": heldout["source"]})
-                write_record(args.record_dir, tag, record)
-                runs.setdefault(trainer, {}).setdefault(tag, {})[str(seed)] = record
+    jobs = [(tag, num_labeled, trainer, seed) for tag, num_labeled, trainers in plan for trainer in trainers
+            for seed in settings["seeds"]]
+    progress = Progress([finished_earlier(trainer, args, paths, budget_dirs[tag], seed)
+                         for tag, _, trainer, seed in jobs])
+    for tag, num_labeled, trainer, seed in jobs:
+        progress.start(trainer, tag, args.fold, seed)
+        record = run_one(trainer, num_labeled, args, paths, budget_dirs[tag], heldout, device, seed,
+                         {**context, "split": splits[tag], "heldout_source": heldout["source"]})
+        progress.finish(counted=record.get("status") != "skipped (not importable)")
+        write_record(args.record_dir, tag, record)
+        runs.setdefault(trainer, {}).setdefault(tag, {})[str(seed)] = record
+    progress.done()
 
     report = {"settings": settings, "machine": machine_info(device), "num_training_cases": num_all,
               "heldout": {"source": heldout["source"], "n_cases": len(heldout["images"]),

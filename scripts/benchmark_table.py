@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Accuracy table from the run records that ``scripts/benchmark_ssl.py --record-dir`` writes.
+"""Accuracy table from the run records that ``scripts/benchmark_ssl.py --record DIR`` writes.
 
-    python scripts/benchmark_table.py benchmarks/LA_3p5mm [--readme README.md] [-o table.md]
+    python scripts/benchmark_table.py benchmarks/LA_3p5mm [--readme README.md] [--output_file table.md]
 
 Every finished benchmark run leaves one small JSON (``budget_<tag>/<trainer>__seed<k>.json``: held-out metrics,
 per-case Dice, semi-supervised diagnostics, commit, machine, date, iterations, seed). Those files are committed, so
@@ -19,6 +19,8 @@ import os
 import sys
 from collections import defaultdict
 from typing import Dict, List, Optional, Sequence
+
+from nnunet_ssl.cli_flags import deprecated_aliases
 
 BASELINE = "nnUNetTrainer"
 ALL_LABELED = "all"
@@ -151,13 +153,15 @@ def replace_between_markers(text: str, name: str, table: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("folder", help="record folder written by benchmark_ssl.py --record-dir")
-    p.add_argument("-o", "--output", default=None, help="write the Markdown table here (default: print it)")
+    p = argparse.ArgumentParser(prog="benchmark_table.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", help="record folder written by benchmark_ssl.py --record")
+    p.add_argument("--output_file", dest="output", default=None, metavar="FILE.md",
+                   help="write the Markdown table to this file (default: print it)")
     p.add_argument("--readme", default=None, help="replace the table between this folder's markers in this file")
+    deprecated_aliases(p, {"-o": "--output_file", "--output": "--output_file"})
     args = p.parse_args(argv)
     if not os.path.isdir(args.folder):
-        print(f"benchmark_table: error: {args.folder} is not a folder (see benchmark_ssl.py --record-dir)",
+        print(f"benchmark_table: error: {args.folder} is not a folder (see benchmark_ssl.py --record)",
               file=sys.stderr)
         return 2
     table = markdown_table(load_records(args.folder))

@@ -2,7 +2,7 @@
 """Side-by-side table of two or more ``nnUNetv2_ssl_evaluate`` results on the same cases (the demo's last step).
 
     python scripts/compare_evaluations.py labelled-only=eval_a/metrics.json "Mean Teacher=eval_b/metrics.json" \
-        [-o comparison.md]
+        [--output_file comparison.md]
 
 Rows are the classes and their mean; each result gets Dice (%) and 95HD (voxels) columns, and every result after
 the first gets its Dice difference to the first, the number of cases on which its case-mean Dice is higher, and the
@@ -14,6 +14,7 @@ import json
 import sys
 from typing import Dict, List, Sequence, Tuple
 
+from nnunet_ssl.cli_flags import deprecated_aliases
 from nnunet_ssl.errors import UserError, exits_on_user_error
 
 PROG = "compare_evaluations.py"
@@ -95,7 +96,9 @@ def comparison_table(results: List[Tuple[str, dict]]) -> str:
 def main(argv: Sequence[str] = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("results", nargs="+", metavar="NAME=metrics.json", help="two or more evaluations to compare")
-    p.add_argument("-o", "--output", default=None, help="also write the table to this markdown file")
+    p.add_argument("--output_file", dest="output", default=None, metavar="FILE.md",
+                   help="also write the table to this Markdown file")
+    deprecated_aliases(p, {"-o": "--output_file", "--output": "--output_file"})
     args = p.parse_args(argv)
     if len(args.results) < 2:
         raise UserError("give at least two NAME=metrics.json results to compare")

@@ -7,6 +7,31 @@
 # pool. Everything is written under demo_work/ (override with WORK=...; TRAINER=... picks another *_demo trainer).
 # Uses the GPU when torch sees one.
 set -euo pipefail
+usage() {
+  cat <<'EOF'
+usage: demo.sh [-h]
+
+End-to-end demo on a generated synthetic dataset (2d, two foreground classes): plan and preprocess, preprocess
+the unlabelled images, write a label-budget split, train nnUNetTrainer_demo (labelled only) and
+nnUNetTrainerCRLN_demo (semi-supervised) for the same 800 iterations, predict the 20 test images, evaluate both
+and print them side by side. Uses the GPU when torch sees one. Finished trainings are kept and reused.
+
+options:
+  -h, --help  show this help message and exit
+
+environment variables:
+  WORK        work folder for everything the demo writes (default: demo_work in the repository)
+  TRAINER     the semi-supervised *_demo trainer (default: nnUNetTrainerCRLN_demo)
+  LABELED     labelled training cases of the split (default: 1)
+
+The first call creates the Python environment (.venv, scripts/setup_env.sh) if there is none.
+EOF
+}
+case "${1:-}" in
+  -h|--help) usage; exit 0;;
+  "") ;;
+  *) echo "demo.sh: error: unknown argument $1 (see --help; settings are environment variables)" >&2; exit 2;;
+esac
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 WORK="${WORK:-$REPO/demo_work}"
 BASELINE=nnUNetTrainer_demo
@@ -33,7 +58,7 @@ fi
 nnUNetv2_ssl_preprocess_unlabeled -d $ID -c 2d -np "$nnUNet_def_n_proc"
 # fold 0: LABELED labelled cases, 2 validation cases; the unlabelled pool's reference masks (labelsUnlabeled) are
 # used only for the pseudo-label diagnostics in progress_ssl.png, never for training
-[ -f "$nnUNet_preprocessed/$NAME/splits_final.json" ] || nnUNetv2_ssl_split -d $ID --labeled "$LABELED" --num-val 2
+[ -f "$nnUNet_preprocessed/$NAME/splits_final.json" ] || nnUNetv2_ssl_split -d $ID --labeled "$LABELED" --num_val 2
 
 if [ "$DEVICE" = cpu ]; then export nnUNet_compile=f; fi
 RESULTS=()
@@ -50,4 +75,4 @@ for tr in "$BASELINE" "$TRAINER"; do
   RESULTS+=("$tr=$WORK/evaluation_$tr/metrics.json")
 done
 echo "== labelled-only vs semi-supervised nnU-Net on the 20 test images ($WORK/comparison.md)"
-python "$REPO/scripts/compare_evaluations.py" "${RESULTS[@]}" -o "$WORK/comparison.md"
+python "$REPO/scripts/compare_evaluations.py" "${RESULTS[@]}" --output_file "$WORK/comparison.md"

@@ -2,7 +2,7 @@
 """Which loss term moves the network: the gradient norm of each weighted term of a semi-supervised trainer.
 
     python scripts/loss_gradients.py -d 101 -c 3d_fullres -p nnUNetPlans -tr nnUNetTrainerCRLN \
-        [--checkpoint .../fold_0/checkpoint_final.pth] [--batches 4] [-o gradients.json]
+        [--checkpoint .../fold_0/checkpoint_final.pth] [--batches 4] [--output_file gradients.json]
 
 The trainer is built as ``nnUNetv2_train`` builds it and started with ``on_train_start()`` (network, optimizer,
 loaders; nothing is trained), optionally loaded from a checkpoint of a run (weights, teacher, step counter and
@@ -15,7 +15,7 @@ the network cannot satisfy, so its gradient never fades). The trainer's output f
 ``nnUNet_results`` that is deleted afterwards; the checkpoint is only read.
 
 Ramped loss weights depend on the run's schedule (step / (epochs x iterations per epoch)), which nnU-Net does not
-store: it comes from ``--epochs``/``--iterations-per-epoch``, else from the checkpoint's ``ssl_schedule`` (in
+store: it comes from ``--epochs``/``--iterations_per_epoch``, else from the checkpoint's ``ssl_schedule`` (in
 checkpoints since 2026-12-05), else the trainer's own (nnU-Net's 1000 x 250, at which a 2000-iteration run's
 checkpoint is measured with ramp weights near 0: pass the run's schedule for older checkpoints). The weights of
 that step are reported with the terms.
@@ -27,6 +27,8 @@ import shutil
 import sys
 import tempfile
 from typing import Dict, List, Optional, Tuple
+
+from nnunet_ssl.cli_flags import deprecated_aliases
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_speed import (construct_trainer, environment, resolve_trainer, select_device,  # noqa: E402
@@ -91,29 +93,35 @@ def format_table(measured: Dict[str, Dict[str, List[float]]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Gradient norm of each loss term of a semi-supervised trainer.")
+    p = argparse.ArgumentParser(prog="loss_gradients.py",
+                                description="Gradient norm of each loss term of a semi-supervised trainer.")
     p.add_argument("-d", required=True, help="dataset name or id (planned and preprocessed)")
     p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
     p.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    p.add_argument("-f", "--fold", type=int, default=0, help="fold whose split the loaders use (default 0)")
+    p.add_argument("-f", dest="fold", type=int, metavar="F", default=0,
+                   help="fold whose split the loaders use (default 0)")
     p.add_argument("-tr", required=True, help="semi-supervised trainer class (it needs compute_losses)")
     p.add_argument("--checkpoint", default=None, help="a checkpoint of that trainer to load (default: initialised)")
     p.add_argument("--batches", type=int, default=4, help="training batches to measure (default 4)")
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of the run whose checkpoint is loaded (ramped loss weights depend on it; default: the "
                         "checkpoint's ssl_schedule, else the trainer's own)")
-    p.add_argument("--iterations-per-epoch", type=int, default=None,
+    p.add_argument("--iterations_per_epoch", type=int, default=None, metavar="N",
                    help="iterations per epoch of that run (default: as --epochs)")
-    p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda if available")
-    p.add_argument("--num-threads", type=int, default=None, help="torch threads on the CPU")
-    p.add_argument("-o", "--output", default=None, help="also write the numbers as JSON here")
+    p.add_argument("-device", dest="device", choices=("cuda", "cpu"), default=None, help="default: cuda if available")
+    p.add_argument("--threads", dest="num_threads", type=int, metavar="N", default=None,
+                   help="torch threads on the CPU")
+    p.add_argument("--output_file", dest="output", default=None, metavar="FILE.json",
+                   help="also write the numbers as JSON here")
+    deprecated_aliases(p, {"--fold": "-f", "--iterations-per-epoch": "--iterations_per_epoch", "--device": "-device",
+                           "--num-threads": "--threads", "-o": "--output_file", "--output": "--output_file"})
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     for option, value in (("--batches", args.batches), ("--epochs", args.epochs),
-                          ("--iterations-per-epoch", args.iterations_per_epoch)):
+                          ("--iterations_per_epoch", args.iterations_per_epoch)):
         if value is not None and value < 1:
             raise SystemExit(f"{option} must be >= 1, got {value}")
     if args.checkpoint is not None and not os.path.isfile(args.checkpoint):

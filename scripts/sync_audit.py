@@ -137,3 +137,19 @@ class HostSyncAudit:
 
     def format(self) -> str:
         return "\n".join(f"{n}× {op} at {where}" for (op, where), n in self.summary().most_common()) or "none"
+
+
+def main(argv=None) -> int:
+    """A library of the benchmarks and tests: ``-h`` (or no argument) prints what it does and how to use it."""
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog="sync_audit.py", formatter_class=argparse.RawDescriptionHelpFormatter, description=__doc__,
+        epilog="Nothing to run on its own: scripts/benchmark_speed.py reports the count of the loss code\n"
+               "(column 'host syncs in loss code') and the tests use HostSyncAudit directly.")
+    parser.parse_args(argv)
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

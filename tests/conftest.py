@@ -109,8 +109,8 @@ def synthetic_nnunet(tmp_path_factory):
     plan_env = make_env(root, training=False)
     run_cli(["nnUNetv2_plan_and_preprocess", "-d", DATASET_ID, "-c", "2d", "3d_fullres", "-np", "1",
              "--verify_dataset_integrity"], plan_env)
-    run_cli(["nnUNetv2_ssl_preprocess_unlabeled", "-d", DATASET_ID, "-c", "2d", "3d_fullres"], plan_env)
-    run_cli(["nnUNetv2_ssl_split", "-d", DATASET_ID, "--labeled", "2", "--num-val", "2", "--folds", "1"], plan_env)
+    run_cli(["nnUNetv2_ssl_preprocess_unlabeled", "-d", DATASET_ID, "-c", "2d", "3d_fullres", "-np", "1"], plan_env)
+    run_cli(["nnUNetv2_ssl_split", "-d", DATASET_ID, "--labeled", "2", "--num_val", "2", "--folds", "1"], plan_env)
     return {"root": root, "env": make_env(root, training=True), "plan_env": plan_env}
 
 

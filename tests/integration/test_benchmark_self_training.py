@@ -11,9 +11,9 @@ def test_self_training_row_counts_the_labelled_model(synthetic_nnunet, tmp_path)
     root, env = synthetic_nnunet["root"], synthetic_nnunet["env"]
     results_before = listing(root / "results")
     out, records = tmp_path / "bench", tmp_path / "records"
-    args = ["-d", DATASET_ID, *CPU_ARGS, "--budgets", 2, "--trainers", "nnUNetTrainerSelfTraining", "--no-full",
-            "--no-baseline", "--epochs", 2, "--iters-per-epoch", 1, "--val-iters", 1, "--val", 2, "--disable-tta",
-            "-o", out, "--record-dir", records]
+    args = ["-d", DATASET_ID, *CPU_ARGS, "--budgets", 2, "--trainers", "nnUNetTrainerSelfTraining", "--no_full",
+            "--no_baseline", "--epochs", 2, "--iterations_per_epoch", 1, "--val_iterations_per_epoch", 1, "--num_val", 2,
+            "--disable_tta", "-o", out, "--record", records]
     run_script("benchmark_ssl.py", args, env)
     record = json.loads((records / "budget_2" / "nnUNetTrainerSelfTraining__seed0.json").read_text())
     assert record["status"] == "ok" and record["iterations"] == 2
@@ -44,8 +44,8 @@ def test_self_training_row_counts_the_labelled_model(synthetic_nnunet, tmp_path)
     assert record["status"] == "ok" and record["self_training"]["stages"] == stages
 
     # a share that is not a whole number of epochs is refused before any work
-    odd = [a for a in args] + ["--self-training-labeled-share", 0.3]
+    odd = [a for a in args] + ["--self_training_labeled_share", 0.3]
     odd[odd.index(out)] = tmp_path / "bench_odd"
     proc = run_script("benchmark_ssl.py", odd, env, expect_ok=False)
-    assert proc.returncode == 2 and "--self-training-labeled-share" in proc.stderr
+    assert proc.returncode == 2 and "--self_training_labeled_share" in proc.stderr
     assert not (tmp_path / "bench_odd").exists()

@@ -13,7 +13,7 @@ import torch
 
 from conftest import DATASET_ID, DATASET_NAME, REPO
 
-CPU_ARGS = ["-c", "2d", "--device", "cpu", "--num-threads", "1"]
+CPU_ARGS = ["-c", "2d", "-device", "cpu", "--threads", "1"]
 # trainer -> the only functions allowed to make the host wait for the device inside compute_losses
 SYNC_EXPECTATIONS = {"nnUNetTrainerCDR": (), "nnUNetTrainerCRLN": (), "nnUNetTrainerUGPL": (),
                      "nnUNetTrainerBoCLIS": ("centre_regions", "patch_embeddings"), "nnUNetTrainerSelfTraining": ()}
@@ -42,8 +42,8 @@ def test_benchmark_speed(synthetic_nnunet, tmp_path):
     preprocessed_before = listing(root / "preprocessed")
     proc = run_script("benchmark_speed.py", ["-d", DATASET_ID, *CPU_ARGS, "--trainers", "nnUNetTrainer",
                                              "nnUNetTrainerMeanTeacher", "nnUNetTrainerNotWrittenYet",
-                                             *SYNC_EXPECTATIONS, "--iters", 2, "--warmup", 0, "--disable-tta",
-                                             "-o", out], env)
+                                             *SYNC_EXPECTATIONS, "--iterations", 2, "--warmup", 0,
+                                             "--disable_tta", "--output_file", out], env)
     report = json.loads(out.read_text())
     results = report["results"]
     assert results["nnUNetTrainerNotWrittenYet"]["status"] == "skipped (not importable)"
@@ -109,10 +109,19 @@ def test_benchmark_ssl_and_resume(synthetic_nnunet, tmp_path):
     out = tmp_path / "bench"
     records = tmp_path / "records"
     args = ["-d", DATASET_ID, *CPU_ARGS, "--budgets", 2, "--trainers", "nnUNetTrainerMeanTeacher", "--epochs", 1,
-            "--iters-per-epoch", 1, "--val-iters", 1, "--val", 2, "--disable-tta", "-o", out,
-            "--record-dir", records]
+            "--iterations_per_epoch", 1, "--val_iterations_per_epoch", 1, "--num_val", 2, "--disable_tta", "-o", out,
+            "--record", records]
     proc = run_script("benchmark_ssl.py", args, env)
     assert proc.stdout.count("[benchmark_ssl] training ") == 3
+    # progress: run i/N with trainer, budget, fold, seed; an estimate once a run has finished
+    progress = [l for l in proc.stdout.splitlines() if l.startswith("[benchmark_ssl] run ")]
+    assert [l.split(" (")[0] for l in progress] == [
+        "[benchmark_ssl] run 1/3: nnUNetTrainer, budget 2, fold 0, seed 0",
+        "[benchmark_ssl] run 2/3: nnUNetTrainerMeanTeacher, budget 2, fold 0, seed 0",
+        "[benchmark_ssl] run 3/3: nnUNetTrainer, budget all, fold 0, seed 0"]
+    assert "no estimate until a run has finished" in progress[0]
+    assert "left for 2 run(s), from the 1 finished" in progress[1] and "left for 1 run(s), from the 2" in progress[2]
+    assert "is deprecated, use" not in proc.stderr  # no old spelling left in the calls it makes
     report = json.loads((out / "benchmark_ssl.json").read_text())
     # splits: same held-out block; 2 labelled + 2 unlabelled, and all 4 labelled for the upper bound
     split2, split_all = report["splits"]["2"], report["splits"]["all"]
@@ -164,6 +173,7 @@ def test_benchmark_ssl_and_resume(synthetic_nnunet, tmp_path):
     proc = run_script("benchmark_ssl.py", args, env)
     assert "[benchmark_ssl] training " not in proc.stdout
     assert proc.stdout.count("[benchmark_ssl] skipped ") == 2
+    assert proc.stdout.count("; finished earlier)") == 2 and "left for" not in proc.stdout
     assert "nnUNetTrainer (budget 2, seed 0): trained earlier, predicting again" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == mtimes
     rerun = json.loads((out / "benchmark_ssl.json").read_text())["runs"]
@@ -178,10 +188,11 @@ def test_benchmark_ssl_and_resume(synthetic_nnunet, tmp_path):
 
 
 def test_benchmark_ssl_refuses_bad_settings_before_writing(synthetic_nnunet, tmp_path):
-    """--val 0 (nothing held out) and a zero budget: exit 2 with the setting named, no traceback, no output folder
+    """--num_val 0 (nothing held out) and a zero budget: exit 2 with the setting named, no traceback, no output folder
     (a folder with settings.json would make the corrected command fail with 'other settings')."""
     env = synthetic_nnunet["env"]
-    for bad, named in ((["--budgets", "2", "--val", "0"], "--val 0"), (["--budgets", "0", "--val", "2"], "--budgets")):
+    for bad, named in ((["--budgets", "2", "--num_val", "0"], "--num_val 0"),
+                       (["--budgets", "0", "--num_val", "2"], "--budgets")):
         out = tmp_path / f"bench_{named.strip('-').split()[0]}"
         proc = run_script("benchmark_ssl.py", ["-d", DATASET_ID, *CPU_ARGS, *bad, "--trainers", "--epochs", 1,
                                                "-o", out], env, expect_ok=False)
@@ -195,8 +206,8 @@ def test_loss_gradients_reports_every_term(synthetic_nnunet, tmp_path):
     results_before = listing(root / "results")
     out = tmp_path / "gradients.json"
     proc = run_script("loss_gradients.py", ["-d", DATASET_ID, "-c", "2d", "-tr", "nnUNetTrainerCRLN", "--batches", 2,
-                                            "--epochs", 3, "--iterations-per-epoch", 5,
-                                            "--device", "cpu", "--num-threads", 1, "-o", out], env)
+                                            "--epochs", 3, "--iterations_per_epoch", 5,
+                                            "-device", "cpu", "--threads", 1, "--output_file", out], env)
     report = json.loads(out.read_text())
     assert report["step"] == 0
     assert report["schedule"] == {"num_epochs": 3, "num_iterations_per_epoch": 5, "source": "options"}

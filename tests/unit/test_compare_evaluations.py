@@ -32,7 +32,7 @@ def test_table_values_and_paired_statistics(tmp_path, capsys):
     # worse on 2 of 5, better on 3
     c = write(tmp_path, "mixed", metrics([0.4, 0.7, 0.6, 0.85, 0.95], 0.70, 9.0))
     out = tmp_path / "table.md"
-    assert compare.main([a, b, c, "-o", str(out)]) == 0
+    assert compare.main([a, b, c, "--output_file", str(out)]) == 0
     table = out.read_text()
     assert table == capsys.readouterr().out.rstrip("\n") + "\n"
     assert "| 1 (organ) | 70.00 | 10.00 | 77.00 | 6.50 | 70.00 | 9.00 |" in table
