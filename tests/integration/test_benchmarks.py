@@ -88,7 +88,7 @@ def test_benchmark_speed(synthetic_nnunet, tmp_path):
     # untrained model, and the one-off pseudo-labelling of the fold's 5 unlabelled cases reported on its own
     st = results["nnUNetTrainerSelfTraining"]
     assert st["streams"] == ["dataloader_train", "dataloader_unlabeled"] and st["patch_size"] == base["patch_size"]
-    assert st["batch_size"] == base["batch_size"] == st["unlabeled_batch_size"]  # --pseudo-ratio 1
+    assert st["batch_size"] == base["batch_size"] == st["unlabeled_batch_size"]  # --pseudo_ratio 1
     labelling = st["pseudo_labelling"]
     assert labelling["cases"] == 5 and labelling["seconds"] > 0 and not labelling["use_mirroring"]
     assert labelling["seconds_per_case"] == pytest.approx(labelling["seconds"] / 5)
