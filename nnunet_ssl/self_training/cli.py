@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the trainer's, nnU-Net's 50)")
     p.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="default: cuda")
     p.add_argument("-num_gpus", type=_positive(int), default=1, help="GPUs per training stage (DDP; default: 1)")
-    p.add_argument("--threads", dest="num_threads", type=_positive(int), default=None,
+    p.add_argument("--threads", dest="num_threads", type=_positive(int), default=None, metavar="N",
                    help="torch threads (default as nnUNetv2_train: every core with -device cpu, 1 otherwise); a "
                         "benchmark sharing the CPU with other runs sets 1")
     deprecated_aliases(p, DEPRECATED)
