@@ -16,6 +16,7 @@ tiny test variants are subclasses that override them.
 """
 import copy
 import dataclasses
+import gc
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -31,6 +32,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
+from torch.nn.parallel import DistributedDataParallel
 
 from nnunet_ssl.augment.strong import StrongAugmentation
 from nnunet_ssl.augment.views import UNLABELED_VIEWS, split_training_transforms
@@ -159,8 +161,12 @@ class nnUNetTrainerSSL(nnUNetTrainer):
 
     def initialize(self):
         super().initialize()
+        if self.is_ddp:
+            self._rewrap_ddp_for_partial_use()
         self.teachers = self.build_teachers()
         self.extra_modules = nn.ModuleDict(self.build_extra_modules()).to(self.device)
+        if self.is_ddp:
+            self._broadcast_extra_modules()
         extra_params = [p for p in self.extra_modules.parameters() if p.requires_grad]
         if extra_params:
             # same SGD settings and poly schedule as the network (the scheduler sets every param group's lr)
@@ -169,6 +175,26 @@ class nnUNetTrainerSSL(nnUNetTrainer):
             self.extra_optimizers[name] = opt
             if sched is not None:
                 self.extra_lr_schedulers[name] = sched
+
+    def _rewrap_ddp_for_partial_use(self):
+        """DDP only: wrap the network again with ``find_unused_parameters=True``.
+
+        nnU-Net wraps with DDP's defaults, which expect every parameter of ``self.network`` to get a gradient from
+        the loss in every iteration; otherwise the next forward fails ("Expected to have finished reduction in
+        the prior iteration"). Ours have parameters that do not: CRLN's rectifier ``a`` (its own loss and optimizer
+        after the main step), the DIM's block II update (only its proximity maps are used), and whatever an
+        ablation switches off. DDP then marks them ready after each forward and leaves their ``.grad`` alone."""
+        module = self.network.module
+        self.network = None  # the first wrapper and its gradient hooks go before the new one registers its own
+        gc.collect()
+        device_ids = [self.device.index] if self.device.type == "cuda" else None  # a CPU module takes none
+        self.network = DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
+
+    def _broadcast_extra_modules(self):
+        """DDP only: rank 0's extra modules (heads) on every rank. DDP broadcast the network when nnU-Net wrapped
+        it; the extra modules are built afterwards from each rank's own random state."""
+        for tensor in list(self.extra_modules.parameters()) + list(self.extra_modules.buffers()):
+            dist.broadcast(tensor.data, src=0)
 
     @property
     def student(self) -> nn.Module:
