@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """GPU check: every trainer's speed against ``nnUNetTrainer`` and against its own pass-count floor, peak GPU memory,
-and 3 AMP iterations of every ablation variant, in one run that needs no dataset on the machine.
+3 AMP iterations of every ablation variant, and on a machine with 2 GPUs a ``-num_gpus 2`` run of every method, in
+one run that needs no dataset on the machine.
 
-    bash scripts/gpu_check.sh [-o benchmarks/gpu]        # on a GPU machine (installs from .whl/ if needed)
+    bash scripts/gpu_check.sh [-o benchmarks/gpu]        # on a CUDA machine with the project installed
     python scripts/gpu_check.py --smoke -o OUT            # the same code on the CPU, tiny plans (test suite)
 
 What it does, in this order (the work folder with nnUNet_raw/preprocessed/results is temporary):
@@ -27,7 +28,13 @@ What it does, in this order (the work folder with nnUNet_raw/preprocessed/result
    the timed ones, under AMP with a GradScaler, on a smaller patch (``--check-patch``; compile with
    ``--check-compile``). A variant passes when the steps run and the losses they optimise (``loss``,
    ``total_loss``) are finite.
-4. Timing with ``torch.compile`` on (``torch._dynamo`` is reset between trainers, so no recompile limit is hit),
+4. Multi-GPU smoke (``ddp``), on a machine with at least 2 GPUs (on one it is skipped with a message): the tiny
+   variant of every method (``*_tiny``: 2 epochs of 3 iterations, nnU-Net's final validation without mirroring)
+   trained by ``nnUNetv2_train -num_gpus 2`` on the check configuration (NCCL, one rank per GPU, the global batch
+   of 2 split over the ranks), self-training by ``nnUNetv2_ssl_self_train -num_gpus 2`` (labelled-only model, one
+   round); a run passes when it exits 0 and wrote ``checkpoint_final.pth``. What the CPU test
+   ``tests/integration/test_ddp.py`` cannot show: NCCL, SyncBatchNorm (CRLN's DIM), CUDA devices per rank.
+5. Timing with ``torch.compile`` on (``torch._dynamo`` is reset between trainers, so no recompile limit is hit),
    last because compile times are the least predictable. ``--steps`` picks and orders the steps (e.g. ``on`` alone
    for a second run).
 
@@ -73,6 +80,11 @@ TIMED_TRAINERS = bs.DEFAULT_TRAINERS + COST_VARIANTS
 SMOKE_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerMeanTeacher", "nnUNetTrainerUGPL")
 SMOKE_VARIANTS = ("nnUNetTrainerMeanTeacher_noStrongView", "nnUNetTrainerCRLN_noDIM")
 NOT_ABLATIONS = re.compile("tiny|test|demo", re.IGNORECASE)
+# the multi-GPU smoke: the tiny variant of every method's default trainer (self-training through its command)
+DDP_GPUS = 2
+DDP_TRAINERS = ("nnUNetTrainerMeanTeacher_tiny", "nnUNetTrainerCRLN_tiny", "nnUNetTrainerCDR_tiny",
+                "nnUNetTrainerBoCLIS_tiny", "nnUNetTrainerUGPL_tiny", "nnUNetTrainerSelfTraining_tiny")
+SELF_TRAINING_LABELED = "nnUNetTrainerLabeledOnly_tiny"
 
 # README "What an iteration costs": formula, whether it needs r, units of one nnUNetTrainer iteration as f(r)
 FLOORS: Dict[str, Tuple[str, bool, Callable[[Optional[float]], float]]] = {
@@ -138,8 +150,8 @@ def raw_shape_for(plans: dict, median_shape: Sequence[float], generator_spacing:
 
 
 def synthetic_generator():
-    """``dataset_conversion/generate_synthetic_dataset.py``: installed as ``nnunet_ssl.dataset_conversion``; on a
-    device machine, where the checkout is on PYTHONPATH but not installed, loaded from its file."""
+    """``dataset_conversion/generate_synthetic_dataset.py``: installed as ``nnunet_ssl.dataset_conversion``; where
+    the checkout is on PYTHONPATH but not installed, loaded from its file."""
     try:
         from nnunet_ssl.dataset_conversion import generate_synthetic_dataset
         return generate_synthetic_dataset
@@ -270,6 +282,65 @@ def make_hooks(device, cpu_grad_scaler: bool, r_repetitions: int):
     return prepare, after
 
 
+# ------------------------------------------------------------------------------------------------ multi-GPU
+def ddp_command(trainer: str, configuration: str, num_gpus: int = DDP_GPUS) -> List[str]:
+    """The command that trains ``trainer`` on ``num_gpus`` GPUs (fold 0 of the check dataset)."""
+    if trainer.startswith("nnUNetTrainerSelfTraining"):
+        return ["nnUNetv2_ssl_self_train", "-d", str(DATASET_ID), "-c", configuration, "-f", "0", "-tr", trainer,
+                "--labeled_trainer", SELF_TRAINING_LABELED, "--train_labeled", "--rounds", "1", "--disable_tta",
+                "--validate", "last", "-device", "cuda", "-num_gpus", str(num_gpus)]
+    return ["nnUNetv2_train", str(DATASET_ID), configuration, "0", "-tr", trainer, "-num_gpus", str(num_gpus)]
+
+
+def ddp_skip_reason(gpu_count: int, num_gpus: int = DDP_GPUS) -> Optional[str]:
+    if gpu_count >= num_gpus:
+        return None
+    return (f"needs {num_gpus} GPUs, this machine has {gpu_count}: the -num_gpus {num_gpus} runs were not made "
+            f"(tests/integration/test_ddp.py checks the trainers under DDP on the CPU with gloo; NCCL, SyncBatchNorm "
+            f"and speed scaling need a multi-GPU machine)")
+
+
+def run_ddp_item(trainer: str, configuration: str, results_folder: str, deadline: Optional[float],
+                 min_left_s: float, timeout_s: float = 900) -> dict:
+    """One ``-num_gpus 2`` training in a subprocess (nnU-Net spawns the ranks); never raises."""
+    import subprocess
+    left = None if deadline is None else deadline - time.time()
+    if left is not None and left < min_left_s:
+        return {"status": "skipped (time budget)", "reason": f"{max(left, 0):.0f} s left, {min_left_s:.0f} s needed"}
+    command = ddp_command(trainer, configuration)
+    console_script = os.path.join(os.path.dirname(sys.executable), command[0])  # this environment's, if on no PATH
+    if os.path.isfile(console_script):
+        command[0] = console_script
+    start = time.time()
+    try:
+        proc = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace",
+                              timeout=min(timeout_s, left) if left is not None else timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"status": "stopped (time budget)", "command": " ".join(command), "seconds": time.time() - start}
+    except OSError as e:
+        return {"status": "failed", "reason": f"{type(e).__name__}: {e}", "command": " ".join(command)}
+    final = os.path.join(results_folder, f"Dataset{DATASET_ID:03d}_{DATASET_SHORT_NAME}",
+                         f"{trainer}__nnUNetPlans__{configuration}", "fold_0", "checkpoint_final.pth")
+    ok = proc.returncode == 0 and os.path.isfile(final)
+    result = {"status": "ok" if ok else "failed", "command": " ".join(command), "seconds": time.time() - start,
+              "returncode": proc.returncode, "checkpoint_final": os.path.isfile(final)}
+    if not ok:
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()
+        result["reason"] = (tail[-1] if tail else f"exit code {proc.returncode}")[:300]
+        result["output_tail"] = (proc.stdout[-3000:], proc.stderr[-3000:])
+    return result
+
+
+def ddp_table(ddp: dict) -> str:
+    if "skipped" in ddp:
+        return f"Skipped: {ddp['skipped']}.\n"
+    lines = ["| Trainer | status | seconds | note |", "|---" * 4 + "|"]
+    for name, r in ddp.get("runs", {}).items():
+        lines.append("| " + " | ".join([name, r["status"], _num(r.get("seconds"), ".0f"),
+                                        r.get("reason", "")[:160].replace("|", "/")]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------------------------ report
 def floor_r(result: dict) -> Optional[float]:
     """r for a trainer's floor: 1 for a same-architecture second network, else the one measured in its run."""
@@ -362,6 +433,9 @@ def write_report(out_dir: str, report: dict) -> Tuple[str, str]:
                f"{GOALS['vs_nnUNetTrainer_max']}× nnUNetTrainer, ≤ {GOALS['vs_floor_max']}× own floor, "
                f"single-student peak memory ≤ {GOALS['memory_vs_nnUNetTrainer_max']}×), torch.compile {mode}:", "",
                floor_table(results)]
+    if report.get("ddp"):
+        md += [f"## Multi-GPU smoke: nnUNetv2_train -num_gpus {DDP_GPUS} of every method's tiny variant", "",
+               ddp_table(report["ddp"])]
     if report["ablation_check"]:
         md += [f"## Ablation variants: 3 AMP train steps each (configuration {cs.get('configuration')}, patch "
                f"{cs.get('patch')}, torch.compile {cs.get('compile')})", "", check_table(report["ablation_check"])]
@@ -429,9 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", nargs="*", default=None,
                    help="ablation variants to check (default: every nnUNetTrainer*_* of nnunet_ssl.trainers but "
                         f"tiny/test/demo ones and the timed ones; smoke: {' '.join(SMOKE_VARIANTS)})")
-    p.add_argument("--steps", nargs="+", choices=("off", "check", "on"), default=None,
-                   help="what to run, in this order: timing with torch.compile off, the ablation check, timing "
-                        "with compile on (default: off check on, the least predictable last; smoke: off check)")
+    p.add_argument("--steps", nargs="+", choices=("off", "check", "ddp", "on"), default=None,
+                   help="what to run, in this order: timing with torch.compile off, the ablation check, the "
+                        f"-num_gpus {DDP_GPUS} smoke (skipped with fewer GPUs), timing with compile on (default: off "
+                        "check ddp on, the least predictable last; smoke: off check)")
     p.add_argument("--iters", type=int, default=None, help="timed iterations per phase (default 5; smoke 1)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up iterations per phase (default 2; smoke 0)")
     p.add_argument("--check-patch", type=int, nargs=3, default=(64, 64, 64),
@@ -456,8 +531,8 @@ def main(argv=None) -> int:
     trainers = list(args.trainers or (SMOKE_TRAINERS if smoke else TIMED_TRAINERS))
     variants = list(args.variants if args.variants is not None else
                     (SMOKE_VARIANTS if smoke else ablation_variants(exclude=trainers)))
-    steps = args.steps or (["off", "check"] if smoke else ["off", "check", "on"])
-    modes = [m for m in steps if m != "check"]
+    steps = args.steps or (["off", "check"] if smoke else ["off", "check", "ddp", "on"])
+    modes = [m for m in steps if m not in ("check", "ddp")]
     iters = args.iters if args.iters is not None else (1 if smoke else 5)
     warmup = args.warmup if args.warmup is not None else (0 if smoke else 2)
     min_left = args.min_item_s if args.min_item_s is not None else (0 if smoke else 20)
@@ -478,7 +553,7 @@ def main(argv=None) -> int:
                            "steps": steps, "compile_modes": modes, "iters": iters, "warmup": warmup,
                            "deadline": deadline,
                            "floors": {k: v[0] for k, v in FLOORS.items()}, "goals": GOALS},
-              "machine": {}, "timing": {}, "ablation_check": {}, "elapsed_s": 0.0,
+              "machine": {}, "timing": {}, "ablation_check": {}, "ddp": {}, "elapsed_s": 0.0,
               "finished": False}
     out = args.output
 
@@ -520,7 +595,24 @@ def main(argv=None) -> int:
                 save()
 
             for step in steps:
-                if step == "check":
+                if step == "ddp":
+                    import torch
+                    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+                    reason = ddp_skip_reason(gpus)
+                    if reason is not None:
+                        report["ddp"] = {"skipped": reason}
+                        log(f"multi-GPU smoke skipped: {reason}")
+                        save()
+                        continue
+                    report["ddp"] = {"gpus": gpus, "configuration": data["check_configuration"], "runs": {}}
+                    for name in DDP_TRAINERS:
+                        with bs.environment(nnUNet_compile="f"):
+                            r = run_ddp_item(name, data["check_configuration"], paths["results"], deadline, min_left)
+                        report["ddp"]["runs"][name] = r
+                        log(f"-num_gpus {DDP_GPUS} {name}: {r['status']} ({r.get('seconds', 0):.1f} s)"
+                            + (f" - {r['reason']}" if "reason" in r else ""))
+                        save()
+                elif step == "check":
                     for name in variants:
                         run("ablation check", "on" if args.check_compile else "off", name, check_args,
                             check_hooks, report["ablation_check"])
@@ -534,7 +626,8 @@ def main(argv=None) -> int:
         if args.work_dir is None:
             shutil.rmtree(work, ignore_errors=True)
         log(f"wrote {json_file} and {md_file}; elapsed {time.time() - t0:.1f} s")
-    rows = list(report["ablation_check"].values()) + [r for t in report["timing"].values() for r in t.values()]
+    rows = list(report["ablation_check"].values()) + [r for t in report["timing"].values() for r in t.values()] + \
+        list(report["ddp"].get("runs", {}).values())
     bad = [r for r in rows if r["status"] == "failed" or (r["status"] == "ok" and not r.get("losses_finite", True))]
     return 1 if bad else 0
 

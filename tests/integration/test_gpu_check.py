@@ -2,7 +2,8 @@
 
 The smoke run is the GPU check's own code on tiny plans derived from the committed LA plans (1 iteration per
 phase, compile off, CPU GradScaler); a deliberately broken trainer, found through nnU-Net's ``nnUNet_extTrainer``,
-checks that one failure is recorded and the others still run and are written.
+checks that one failure is recorded and the others still run and are written. Its multi-GPU step is skipped on a
+machine with fewer than 2 GPUs, with the reason in the report.
 """
 import json
 import os
@@ -43,7 +44,7 @@ def smoke_run(tmp_path_factory):
     out = tmp / "out"
     start = time.time()
     proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--smoke", "-o", str(out), "--trainers",
-                           *SMOKE_TRAINERS, "--variants", *SMOKE_VARIANTS], env=env, capture_output=True, encoding="utf-8", errors="replace",
+                           *SMOKE_TRAINERS, "--variants", *SMOKE_VARIANTS, "--steps", "off", "check", "ddp"], env=env, capture_output=True, encoding="utf-8", errors="replace",
                           timeout=600)
     seconds = time.time() - start
     print(f"gpu_check.sh --smoke: {seconds:.1f} s")
@@ -61,8 +62,11 @@ def test_smoke_run_records_every_trainer_and_survives_a_failure(smoke_run):
     s = report["settings"]
     assert s["plans"] == os.path.join("benchmarks", "gpu", "Dataset101_LA_nnUNetPlans.json")
     assert s["timing_patch"] == [32, 32, 32] and s["batch_size"] == 2
-    assert s["steps"] == ["off", "check"] and s["compile_modes"] == ["off"]
+    assert s["steps"] == ["off", "check", "ddp"] and s["compile_modes"] == ["off"]
     assert report["machine"]["device"] == "cpu"
+    # the multi-GPU step needs 2 GPUs: skipped, saying why and what covers the trainers' DDP code instead
+    assert report["ddp"] == {"skipped": gc.ddp_skip_reason(0)}
+    assert "multi-GPU smoke skipped: needs 2 GPUs, this machine has 0" in proc.stdout
 
     results = report["timing"]["off"]
     assert list(results) == SMOKE_TRAINERS
@@ -107,6 +111,7 @@ def test_smoke_run_records_every_trainer_and_survives_a_failure(smoke_run):
     assert f"{ugpl['without_data_loading']['ratio_to_floor']:.2f}×" in ugpl_floor
     for name in SMOKE_VARIANTS:
         assert f"| {name} | ok | 3 | yes |" in md
+    assert "## Multi-GPU smoke: nnUNetv2_train -num_gpus 2" in md and f"Skipped: {gc.ddp_skip_reason(0)}." in md
     # the temporary work folder (raw, preprocessed, results) is gone
     assert [p for p in smoke_run["scratch"].iterdir() if p.name.startswith("nnunet_ssl_gpu_check_")] == []
 
@@ -180,8 +185,38 @@ def test_derived_configuration_checks_the_patch():
 
 
 def test_generator_loads_without_the_installed_package(monkeypatch):
-    """On a device machine the checkout is on PYTHONPATH, not installed: the generator comes from its file."""
+    """Where the checkout is on PYTHONPATH but not installed, the generator comes from its file."""
     monkeypatch.setitem(sys.modules, "nnunet_ssl.dataset_conversion", None)  # import fails as when not installed
     gen = gc.synthetic_generator()
     assert gen.__file__ == str(REPO / "dataset_conversion" / "generate_synthetic_dataset.py")
     assert callable(gen.generate_synthetic_dataset) and gen.SPACING_3D_ZYX
+
+
+def test_multi_gpu_commands_and_skip():
+    assert gc.ddp_skip_reason(2) is None and gc.ddp_skip_reason(8) is None
+    reason = gc.ddp_skip_reason(1)
+    assert reason.startswith("needs 2 GPUs, this machine has 1") and "tests/integration/test_ddp.py" in reason
+    # every method's tiny variant; nnU-Net's own multi-GPU entry point, self-training through its command
+    assert [t.replace("nnUNetTrainer", "").replace("_tiny", "") for t in gc.DDP_TRAINERS] == [
+        "MeanTeacher", "CRLN", "CDR", "BoCLIS", "UGPL", "SelfTraining"]
+    import nnunet_ssl.trainers as trainers
+    assert set(gc.DDP_TRAINERS) | {gc.SELF_TRAINING_LABELED} <= set(trainers.__all__)
+    assert gc.ddp_command("nnUNetTrainerCRLN_tiny", "3d_check") == [
+        "nnUNetv2_train", str(gc.DATASET_ID), "3d_check", "0", "-tr", "nnUNetTrainerCRLN_tiny", "-num_gpus", "2"]
+    st = gc.ddp_command("nnUNetTrainerSelfTraining_tiny", "3d_check")
+    assert st[0] == "nnUNetv2_ssl_self_train" and st[-2:] == ["-num_gpus", "2"]
+    assert st[st.index("--labeled_trainer") + 1] == gc.SELF_TRAINING_LABELED and "--train_labeled" in st
+    from nnunet_ssl.self_training.cli import build_parser
+    args = build_parser().parse_args(st[1:])  # the command's options are the command's
+    assert args.num_gpus == 2 and args.tr == "nnUNetTrainerSelfTraining_tiny" and args.rounds == 1
+
+
+def test_gpu_check_sh_needs_the_installed_project(tmp_path):
+    """Without nnU-Net and the plugin importable, gpu_check.sh stops with an error naming the fix."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/usr/bin/env bash\nexit 1\n")
+    fake.chmod(0o755)
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--smoke", "-o", str(tmp_path / "out")],
+                          env=dict(os.environ, PYTHON=str(fake)), capture_output=True, encoding="utf-8", timeout=60)
+    assert proc.returncode == 3 and "gpu_check.sh: error: " in proc.stderr and "pip install -e ." in proc.stderr
+    assert not (tmp_path / "out").exists()
