@@ -40,7 +40,7 @@ def pseudo_label_dice(pseudo_labels: torch.Tensor, truth_u: Optional[torch.Tenso
 SSL_LOG_TITLES: Dict[str, str] = {
     # every teacher method (Mean Teacher, CRLN, BoCLIS) and the dual-network methods
     "unsup_loss": "Unlabelled loss (weighted)",
-    "unsup_weight": "Unlabelled loss weight (ramp)",
+    "unsup_weight": "Unlabelled loss weight",
     "teacher_confidence": "Mean pseudo-label confidence (max probability)",
     "reliable_fraction": "Share of unlabelled voxels used as reliable",
     "pseudo_label_dice": "Pseudo-label Dice vs hidden labels",
@@ -49,12 +49,12 @@ SSL_LOG_TITLES: Dict[str, str] = {
     "cps_loss": "CRLN: CPS contrastive loss (weighted)",
     "rect_loss": "CRLN: rectification loss (trains a)",
     "rect_a": "CRLN: rectification weight a",
-    "rectification_active": "CRLN: rectification on (1) / off (0)",
+    "rectification_active": "CRLN: share of iterations with rectification on",
     "reliable_fraction_rectified": "CRLN: share of reliable voxels after rectification",
     "pseudo_label_dice_rectified": "CRLN: rectified pseudo-label Dice vs hidden labels",
     # BoCLIS
     "con_loss": "BoCLIS: patch contrastive loss (weighted)",
-    "con_weight": "BoCLIS: contrastive loss weight (ramp)",
+    "con_weight": "BoCLIS: contrastive loss weight",
     "con_intra": "BoCLIS: contrast within images",
     "con_inter": "BoCLIS: contrast across images",
     "contrast_patches": "BoCLIS: patches encoded per iteration",
@@ -67,7 +67,8 @@ SSL_LOG_TITLES: Dict[str, str] = {
     "rkd_loss": "CDR: regional KD loss (weighted)",
     "inter_loss": "CDR: inter-network InfoNCE (weighted)",
     "intra_loss": "CDR: intra-network InfoNCE (weighted)",
-    "contrast_weight": "CDR: contrastive loss weight (ramp)",
+    "intra_kd_loss": "CDR: regional KD between the two passes (weighted)",
+    "contrast_weight": "CDR: contrastive loss weight",
     "agreement": "Networks A and B: voxel agreement (unlabelled)",
     "a_led": "CDR: share of iterations network A leads",
     "region_disagreement": "CDR: mean region disagreement",
@@ -89,7 +90,7 @@ SSL_LOG_TITLES: Dict[str, str] = {
     "kept_share": "UGPL: share of voxels the entropy filter keeps",
     "unsup_rescale": "UGPL: unlabelled loss rescale (1 / kept share)",
     "kl_weight_mean": "UGPL: mean KL weight exp(-KL)",
-    "proto_weight": "UGPL: prototype loss weight (ramp)",
+    "proto_weight": "UGPL: prototype loss weight",
     "pseudo_label_dice_kept": "UGPL: pseudo-label Dice on kept voxels",
     # offline self-training
     "pseudo_loss": "Self-training: pseudo-labelled loss",
@@ -115,17 +116,21 @@ def plot_ssl_progress(logging: Dict[str, list], keys: Sequence[str], output_file
     import matplotlib
     matplotlib.use("agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     keys = [k for k in keys if len(logging.get(k, [])) > 0]
     if not keys:
         return
     ncols = 2
     nrows = int(math.ceil(len(keys) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(12, 3 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(12, 2.6 * nrows), squeeze=False)
     for ax, k in zip(axes.ravel(), keys):
         y = np.asarray(logging[k], dtype=float)
         ax.plot(np.arange(len(y)), y, marker="." if len(y) < 30 else None)
-        ax.set_title(ssl_panel_title(k), fontsize=10)
-        ax.set_xlabel("epoch")
+        # explicit sizes: nnU-Net's progress.png sets a large global seaborn font scale in the same process
+        ax.set_title(ssl_panel_title(k), fontsize=11)
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.tick_params(labelsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in axes.ravel()[len(keys):]:
         ax.axis("off")
