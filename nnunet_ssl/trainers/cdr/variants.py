@@ -52,8 +52,10 @@ class nnUNetTrainerCDR_leaderStopGrad(nnUNetTrainerCDR):
 class nnUNetTrainerCDR_deepToShallowIntra(nnUNetTrainerCDR):
     """Spec §4.3's cheaper alternative (the default of the last 0.2 development builds): the intra term contrasts
     each region's last-decoder-stage embedding with the same region seen by the bottleneck in the same pass (its own
-    projection head), no second pass and no intra KD; about 0.55x the default's step time on LA's CPU plans."""
+    projection head), no second pass, no intra KD and no dropout, as its LA records were measured; about 0.55x the
+    two-pass step time on LA's CPU plans."""
     intra_pair = "deep_to_shallow"
+    dropout_p = 0.0
 
 
 class nnUNetTrainerCDR_noIntraKD(nnUNetTrainerCDR):

@@ -47,6 +47,12 @@ class nnUNetTrainerCRLN_squareOnlyRotation(nnUNetTrainerCRLN):
     strong_augmentation = dataclasses.replace(nnUNetTrainerCRLN.strong_augmentation, rotate_non_square=False)
 
 
+class nnUNetTrainerCRLN_mlpHeadSquareRotation(nnUNetTrainerCRLN):
+    """CRLN as its LA records before 0.2 were measured: the MLP CPS head and quarter turns only on square planes."""
+    cps_head = "mlp"
+    strong_augmentation = dataclasses.replace(nnUNetTrainerCRLN.strong_augmentation, rotate_non_square=False)
+
+
 class nnUNetTrainerCRLN_posMean(nnUNetTrainerCRLN):
     """Ablation (Tab. 5 'MR'): CPS positives from the class-mean embedding only."""
     cps_positive = "mean"
