@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Confirmation table: the default trainers on the confirmation folds (LA folds 1 and 2), pooled over their cases.
 
-    python scripts/confirmation_table.py benchmarks/LA_3p5mm [--folds 1 2] [--budget 4] [--output_file FILE]
+    python scripts/confirmation_table.py benchmarks/LA_3p5mm [-f 1 2] [--budget 4] [--output_file FILE]
 
 Reads the run records that ``scripts/benchmark_la.sh --fold F --record DIR`` writes under
 ``DIR/fold_F/budget_<budget>/``. A trainer enters the pooled columns only when every fold has its record (seed 0 by
@@ -106,7 +106,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Confirmation table of the default trainers on LA folds 1 and 2 (pooled "
                                             "over their held-out cases) from benchmark records.")
     p.add_argument("folder", help="record folder holding fold_<F>/budget_<B>/*.json (e.g. benchmarks/LA_3p5mm)")
-    p.add_argument("--folds", type=int, nargs="+", default=[1, 2], help="confirmation folds (default 1 2)")
+    p.add_argument("-f", type=int, nargs="+", default=[1, 2], dest="folds",
+                   help="confirmation folds, as nnUNetv2_predict's -f (default 1 2)")
     p.add_argument("--budget", default="4", help="labelled budget (default 4)")
     p.add_argument("--seed", type=int, default=0, help="training seed of the rows (default 0)")
     p.add_argument("--trainers", nargs="+",

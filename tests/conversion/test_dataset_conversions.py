@@ -15,7 +15,8 @@ import SimpleITK as sitk
 h5py = pytest.importorskip("h5py")
 
 CONVERSION_DIR = Path(__file__).resolve().parents[2] / "dataset_conversion"
-REAL_LA = Path("/work/shared/data/LA_h5")
+# the public LA h5 release (UA-MT), if the machine has it: NNUNET_SSL_LA_H5=/path/to/LA_h5 (the folder of train.list)
+REAL_LA = Path(os.environ.get("NNUNET_SSL_LA_H5", "/nonexistent"))
 
 
 # setup.py installs dataset_conversion/ as nnunet_ssl.dataset_conversion

@@ -433,6 +433,8 @@ def test_noisy_pass_variants_run_a_second_pass_with_or_without_gradient(variant,
 
 def test_deep_to_shallow_intra_term_needs_no_second_pass_and_trains_encoder_and_decoder():
     torch.manual_seed(2)
+    # the variant reproduces its records: one pass, no dropout, no intra KD
+    assert cdr.nnUNetTrainerCDR_deepToShallowIntra.dropout_p == 0.0
     t = bare_trainer(cdr.nnUNetTrainerCDR_deepToShallowIntra, unsup_rampup=0.0, region_size=4,
                      mask_same_class_negatives=False)
     assert set(t.extra_modules) == {"head_a", "head_b", "bottleneck_head_a", "bottleneck_head_b"}

@@ -16,6 +16,7 @@ from nnunet_ssl.modules.ema import EMATeacher
 from nnunet_ssl.modules.heads import ProjectionHead
 from nnunet_ssl.trainers.crln import (CPSProjectionHead, CRLNNet, cps_loss, cps_positive, image_weighted_nll,
                                       nnUNetTrainerCRLN, nnUNetTrainerCRLN_codeCPSWeight, nnUNetTrainerCRLN_mlpCPSHead,
+                                      nnUNetTrainerCRLN_mlpHeadSquareRotation,
                                       nnUNetTrainerCRLN_paperCPSWeight, nnUNetTrainerCRLN_squareOnlyRotation,
                                       nnUNetTrainerCRLN_tiny, prototype_descriptors,
                                       rectification_loss, rectify_logits, sample_cps_indices)
@@ -461,6 +462,9 @@ def test_crln_strong_view_turns_non_square_patches_and_the_variants_keep_the_old
     assert nnUNetTrainerCRLN.strong_augmentation.p_rot_flip == 0.5
     assert not nnUNetTrainerCRLN_squareOnlyRotation.strong_augmentation.rotate_non_square
     assert nnUNetTrainerCRLN.cps_head == "spec" and nnUNetTrainerCRLN_mlpCPSHead.cps_head == "mlp"
+    old = nnUNetTrainerCRLN_mlpHeadSquareRotation  # reproduces the pre-0.2 records
+    assert old.cps_head == "mlp" and not old.strong_augmentation.rotate_non_square
+    assert dataclasses_replace(old.strong_augmentation, rotate_non_square=True) == nnUNetTrainerCRLN.strong_augmentation
     assert nnUNetTrainerCRLN_paperCPSWeight.cps_weight == 0.5 == nnUNetTrainerCRLN_codeCPSWeight.cps_weight
     aug = nnUNetTrainerCRLN.strong_augmentation
     g = torch.Generator().manual_seed(0)
