@@ -2,7 +2,7 @@
 
 Input: a folder of ``<case>/mri_norm2.h5`` (datasets ``image`` float32 and ``label`` uint8 {0, 1}, array axes
 x, y, z) and ``train.list`` (required) / ``test.list`` (optional), found in the input folder or its parent (the
-UA-MT layout keeps the lists one level above ``2018LA_Seg_Training Set``), or given with --train-list/--test-list.
+UA-MT layout keeps the lists one level above ``2018LA_Seg_Training Set``), or given with --train_list/--test_list.
 
 What is done: each volume is written as NIfTI with spacing 0.625 mm on every axis (the h5 files store none),
 origin 0, identity direction, the array transposed to SimpleITK's (z, y, x) order so that reading the NIfTI and
@@ -54,7 +54,7 @@ def convert(input_folder: str, output: Optional[str] = None, dataset_id: int = D
     input_folder = C.require_dir(Path(input_folder).expanduser().resolve(), "LA input folder")
     train_list_file = _find_list(input_folder, train_list, "train.list")
     if train_list_file is None:
-        raise C.ConversionError(f"no train.list in {input_folder} or its parent; pass --train-list")
+        raise C.ConversionError(f"no train.list in {input_folder} or its parent; pass --train_list")
     test_list_file = _find_list(input_folder, test_list, "test.list")
     train_cases = C.read_case_list(train_list_file)
     test_cases = C.read_case_list(test_list_file) if test_list_file else []
@@ -100,7 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("-i", "--input", required=True, help="folder holding <case>/mri_norm2.h5")
     parser.add_argument("--train-list", default=None, help="train.list (default: in -i or its parent)")
     parser.add_argument("--test-list", default=None, help="test.list (default: in -i or its parent; optional)")
-    parser.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed root for --install-split "
+    parser.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed root for --install_split "
                                                              "(default: $nnUNet_preprocessed)")
     C.add_common_arguments(parser, DATASET_ID, labeled_default=8)
     args = parser.parse_args(argv)

@@ -3,23 +3,23 @@
 Two input formats (``--format``):
 
 * ``dicom``: the original TCIA release, ``-i Pancreas-CT`` holding ``PANCREAS_XXXX/.../*.dcm`` (one series per
-  case, read with SimpleITK's ImageSeriesReader) plus ``--labels`` holding ``labelXXXX.nii.gz``. Intensities are
+  case, read with SimpleITK's ImageSeriesReader) plus ``--labels_folder`` holding ``labelXXXX.nii.gz``. Intensities are
   written in HU. The label must have the image's voxel grid; if its header geometry (origin/direction/spacing)
-  differs from the DICOM series the script stops, unless ``--label-geometry-from-image`` is given, which copies the
+  differs from the DICOM series the script stops, unless ``--label_geometry_from_image`` is given, which copies the
   image geometry onto the label (checked on fake data only; inspect a few cases visually when using it).
 * ``h5``: the MC-Net+ release (``imageXXXX_norm.h5``) or the MCF release (``PANCREAS_XXXX.h5``), datasets
-  ``image``/``label``, array axes taken as (x, y, z) like the LA release, spacing ``--h5-spacing`` (default 1 mm:
+  ``image``/``label``, array axes taken as (x, y, z) like the LA release, spacing ``--h5_spacing`` (default 1 mm:
   the MC-Net+ files are resampled to 1 mm isotropic). These files are already windowed, cropped around the
   ground-truth pancreas and normalised by their authors (see the benchmark spec).
 
-What is done: format conversion, optional HU clipping to [-125, 275] (``--hu-window``, DICOM only; nnU-Net's CT
+What is done: format conversion, optional HU clipping to [-125, 275] (``--hu_window``, DICOM only; nnU-Net's CT
 normalisation already clips to foreground percentiles), the split convention. What is NOT done: no resampling
 (choosing the spacing is the nnU-Net planner's job) and no ground-truth-box cropping (it leaks the label into the
 test input, so this script does not offer it).
 
 Split conventions (``--convention``; numbers from different conventions are not comparable):
 
-* ``mcnet`` (MC-Net+): lists given with ``--train-list`` (62) and ``--test-list`` (20); the first ``--labeled``
+* ``mcnet`` (MC-Net+): lists given with ``--train_list`` (62) and ``--test_list`` (20); the first ``--labeled``
   entries of the train list are labelled.
 * ``coranet`` (CoraNet/BCP): training 0001-0063 without 0025 (first ``--labeled`` labelled, i.e. 0001-0012 for
   12), test 0064-0082 without 0070; cases 0025 and 0070 are not written.
@@ -40,6 +40,7 @@ import SimpleITK as sitk
 
 # shared helpers from the installed package (setup.py installs this folder as nnunet_ssl.dataset_conversion),
 # so this file runs as a script and imports as a module alike
+from nnunet_ssl.cli_flags import deprecated_alias
 from nnunet_ssl.dataset_conversion import _common as C
 from nnunet_ssl.errors import exits_on_user_error
 
@@ -61,7 +62,7 @@ def convention_numbers(convention: str, train_list: Optional[str], test_list: Op
     """(training numbers in labelling order, test numbers, excluded numbers) of a split convention."""
     if convention == "mcnet":
         if not (train_list and test_list):
-            raise C.ConversionError("--convention mcnet needs --train-list and --test-list (MC-Net+'s "
+            raise C.ConversionError("--convention mcnet needs --train_list and --test_list (MC-Net+'s "
                                     "train.list/test.list; their order is randomised, so it cannot be rebuilt)")
 
         def numbers(path):
@@ -74,7 +75,7 @@ def convention_numbers(convention: str, train_list: Optional[str], test_list: Op
             return out
         return numbers(train_list), numbers(test_list), []
     if train_list or test_list:
-        raise C.ConversionError(f"--convention {convention} has fixed case numbers; --train-list/--test-list are "
+        raise C.ConversionError(f"--convention {convention} has fixed case numbers; --train_list/--test_list are "
                                 f"only for --convention mcnet")
     if convention == "coranet":
         return [n for n in range(1, 64) if n != 25], [n for n in range(64, 83) if n != 70], [25, 70]
@@ -141,13 +142,13 @@ def convert(input_folder: str, output: Optional[str] = None, dataset_id: int = D
     sources = [input_folder]
     if source_format == "dicom":
         if not labels_folder:
-            raise C.ConversionError("--format dicom needs --labels (the folder holding labelXXXX.nii.gz)")
+            raise C.ConversionError("--format dicom needs --labels_folder (the folder holding labelXXXX.nii.gz)")
         labels_path = C.require_dir(Path(labels_folder).expanduser().resolve(), "Pancreas-CT label folder")
         sources.append(labels_path)
         available = find_dicom_cases(input_folder, labels_path)
     elif source_format == "h5":
         if hu_window:
-            raise C.ConversionError("--hu-window applies to DICOM (HU) input only; the h5 releases are already "
+            raise C.ConversionError("--hu_window applies to DICOM (HU) input only; the h5 releases are already "
                                     "windowed and normalised")
         available = find_h5_cases(input_folder)
     else:
@@ -209,7 +210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("-i", "--input", required=True,
                         help="DICOM root (PANCREAS_XXXX folders) or folder of h5 files")
     parser.add_argument("--format", dest="source_format", choices=("dicom", "h5"), default="dicom")
-    parser.add_argument("--labels", default=None, help="folder of labelXXXX.nii.gz (DICOM format only)")
+    parser.add_argument("--labels_folder", default=None, help="folder of labelXXXX.nii.gz (DICOM format only)")
     parser.add_argument("--convention", choices=CONVENTIONS, default="coranet",
                         help="split convention (default: coranet)")
     parser.add_argument("--train-list", default=None, help="MC-Net+ train.list (--convention mcnet)")
@@ -222,11 +223,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--label-geometry-from-image", action="store_true",
                         help="copy the DICOM geometry onto a label whose header disagrees (same voxel grid "
                              "assumed)")
-    parser.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed root for --install-split")
+    parser.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed root for --install_split")
     C.add_common_arguments(parser, DATASET_ID, labeled_default=12)
+    deprecated_alias(parser, "--labels", "--labels_folder")  # -l/--labels is nnU-Net's list of label values
     args = parser.parse_args(argv)
     labeled, strict = C.resolve_budget(args.labeled, args.raw_unlabeled)
-    convert(args.input, args.output, args.dataset_id, args.source_format, args.labels, args.convention,
+    convert(args.input, args.output, args.dataset_id, args.source_format, args.labels_folder, args.convention,
             labeled, strict, args.train_list, args.test_list, args.hu_window, args.h5_spacing,
             args.label_geometry_from_image, args.overwrite, args.install_split, args.preprocessed)
     return 0

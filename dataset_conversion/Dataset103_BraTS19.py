@@ -2,14 +2,14 @@
 
 Input: the extracted training release, ``-i MICCAI_BraTS_2019_Data_Training`` holding ``HGG/<case>/`` and
 ``LGG/<case>/`` (or the case folders directly) with ``<case>_{flair,t1,t1ce,t2,seg}.nii[.gz]``, and the SSL4MIS
-split lists (train 250 / val 25 / test 60) as files: ``--train-list``, ``--val-list``, ``--test-list`` (entries
+split lists (train 250 / val 25 / test 60) as files: ``--train_list``, ``--val_list``, ``--test_list`` (entries
 are case names, optionally with a path or ``.h5``; the lists cannot be downloaded here).
 
 Default task (SSL4MIS): FLAIR only, whole tumour (label > 0 -> 1). The first ``--labeled`` (default 25) cases
 of the train list are labelled, the other train-list cases unlabelled; val-list cases are labelled validation
 cases (imagesTr, split ``val``); test-list cases go to imagesTs/labelsTs.
 
-``--all-modalities``: T1, T1ce, T2, FLAIR and nnU-Net's three BraTS regions (labels converted with nnunetv2's
+``--all_modalities``: T1, T1ce, T2, FLAIR and nnU-Net's three BraTS regions (labels converted with nnunetv2's
 ``Dataset043_BraTS19.copy_BraTS_segmentation_and_convert_labels_to_nnUNet``), as nnU-Net's own Dataset043. That is
 a different task from the SSL convention: report it separately.
 
@@ -130,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--test-list", required=True, help="SSL4MIS test list (60 cases)")
     parser.add_argument("--all-modalities", action="store_true",
                         help="4 modalities + nnU-Net's BraTS regions (as nnU-Net's Dataset043), not the SSL task")
-    parser.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed root for --install-split")
+    parser.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed root for --install_split")
     C.add_common_arguments(parser, DATASET_ID, labeled_default=25)
     args = parser.parse_args(argv)
     labeled, strict = C.resolve_budget(args.labeled, args.raw_unlabeled)

@@ -11,7 +11,7 @@ imagesTs into imagesTs and does not validate the labels.
 
 Default: all training cases labelled, no split file (nnU-Net's 5-fold CV applies) and imagesTs -> imagesUnlabeled.
 With ``--labeled N``: a label-budget protocol on the training cases, N cases drawn with ``--seed`` from the
-sorted training ids are labelled, the others unlabelled (split-level, or strict with ``--raw-unlabeled``).
+sorted training ids are labelled, the others unlabelled (split-level, or strict with ``--raw_unlabeled``).
 No resampling or intensity change.
 """
 from __future__ import annotations
@@ -83,7 +83,7 @@ def convert(input_folder: str, output: Optional[str] = None, dataset_id: int = D
     train_ids = sorted(images_tr)
     if labeled is None:
         if strict:
-            raise C.ConversionError("--raw-unlabeled needs a budget: --raw-unlabeled N or --labeled N")
+            raise C.ConversionError("--raw_unlabeled needs a budget: --raw_unlabeled N or --labeled N")
         labeled_ids, unlabeled_ids = train_ids, []
     else:
         shuffled = list(np.random.RandomState(seed).permutation(train_ids))
@@ -118,12 +118,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-i", "--input", required=True, help="extracted Task04_Hippocampus folder")
     parser.add_argument("--seed", type=int, default=0, help="seed for drawing the --labeled cases (default 0)")
-    parser.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed root for --install-split")
+    parser.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed root for --install_split")
     C.add_common_arguments(parser, DATASET_ID, labeled_default=None)
     args = parser.parse_args(argv)
     labeled, strict = C.resolve_budget(args.labeled, args.raw_unlabeled)
     if args.install_split and labeled is None:
-        raise C.ConversionError("--install-split needs a label budget (--labeled N); without one nnU-Net's "
+        raise C.ConversionError("--install_split needs a label budget (--labeled N); without one nnU-Net's "
                                 "own 5-fold split applies")
     convert(args.input, args.output, args.dataset_id, labeled, strict, args.seed, args.overwrite,
             args.install_split, args.preprocessed)

@@ -7,7 +7,7 @@ annotated frame is its own case ``patientXXX_frameYY``; labels 0 background, 1 R
 Label budget by **patient** (both frames of a patient are on the same side): ``--labeled N`` patients
 (default 7 = 10 %, BoCLIS also uses 3 = 5 %).
 
-* With the SSL4MIS lists (``--train-list``, ``--val-list``, ``--test-list``; entries ``patientXXX_frameYY``, only
+* With the SSL4MIS lists (``--train_list``, ``--val_list``, ``--test_list``; entries ``patientXXX_frameYY``, only
   the patient number is used): the first N patients of the train list are labelled, the other train-list patients
   unlabelled, val-list patients are labelled validation cases, test-list patients go to imagesTs/labelsTs. The
   challenge ``testing/`` folder is then not used.
@@ -70,7 +70,7 @@ def convert(input_folder: str, output: Optional[str] = None, dataset_id: int = D
         C.require_dir(source / sub, f"ACDC '{sub}' folder (nnU-Net's Dataset027_ACDC expects both)")
     given = [x is not None for x in (train_list, val_list, test_list)]
     if any(given) and not all(given):
-        raise C.ConversionError("give all three of --train-list, --val-list and --test-list, or none")
+        raise C.ConversionError("give all three of --train_list, --val_list and --test_list, or none")
     out = C.resolve_raw_root(output) / C.dataset_folder_name(dataset_id, DATASET_NAME)
     if out.exists() and not overwrite:  # fail before the copy below
         C.prepare_output_folder(out, overwrite, [source])
@@ -150,7 +150,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--val-list", default=None, help="SSL4MIS val.list (10 patients)")
     parser.add_argument("--test-list", default=None, help="SSL4MIS test.list (20 patients)")
     parser.add_argument("--seed", type=int, default=0, help="seed for drawing labelled patients without lists")
-    parser.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed root for --install-split")
+    parser.add_argument("--preprocessed", default=None, help="nnU-Net preprocessed root for --install_split")
     C.add_common_arguments(parser, DATASET_ID, labeled_default=7)
     args = parser.parse_args(argv)
     labeled, strict = C.resolve_budget(args.labeled, args.raw_unlabeled)

@@ -8,7 +8,7 @@ writes ``dataset.json`` (through nnunetv2's ``generate_dataset_json``), the labe
 Roles and where they go:
 
 ====================  ===================================  ======================================
-role                  split-level protocol (default)       ``--raw-unlabeled`` (strict) protocol
+role                  split-level protocol (default)       ``--raw_unlabeled`` (strict) protocol
 ====================  ===================================  ======================================
 ``labeled``           imagesTr + labelsTr, split ``train``  imagesTr + labelsTr, split ``train``
 ``val``               imagesTr + labelsTr, split ``val``    imagesTr + labelsTr, split ``val``
@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_ssl.cli_flags import one_spelling_each
 from nnunet_ssl.errors import UserError
 
 SPLIT_FILE_NAME = "splits_ssl.json"
@@ -335,7 +336,7 @@ def split_install_target(raw_dataset_folder: Path, preprocessed_root: Optional[s
     """``$nnUNet_preprocessed/DatasetXXX/splits_final.json``; error if it exists (never overwritten)."""
     root = preprocessed_root or os.environ.get("nnUNet_preprocessed")
     if not root:
-        raise ConversionError("--install-split needs the nnUNet_preprocessed environment variable (or "
+        raise ConversionError("--install_split needs the nnUNet_preprocessed environment variable (or "
                               "--preprocessed)")
     target = Path(root).expanduser() / Path(raw_dataset_folder).name / "splits_final.json"
     if target.exists():
@@ -368,18 +369,20 @@ def add_common_arguments(parser: argparse.ArgumentParser, dataset_id: int, label
         parser.add_argument("--install-split", action="store_true",
                             help="also copy splits_ssl.json to $nnUNet_preprocessed/DatasetXXX/splits_final.json "
                                  "(refuses to overwrite an existing one)")
+    # called last by every conversion: the project's option vocabulary (-i, -o, -d; underscores), old spellings warn
+    one_spelling_each(parser)
 
 
 def resolve_budget(labeled: Optional[int], raw_unlabeled: Optional[int]) -> tuple[Optional[int], bool]:
-    """(number of labelled cases, strict?) from ``--labeled`` and ``--raw-unlabeled [N]``.
+    """(number of labelled cases, strict?) from ``--labeled`` and ``--raw_unlabeled [N]``.
 
-    ``--raw-unlabeled N`` sets the budget itself; a bare ``--raw-unlabeled`` keeps ``--labeled``.
+    ``--raw_unlabeled N`` sets the budget itself; a bare ``--raw_unlabeled`` keeps ``--labeled``.
     """
     strict = raw_unlabeled is not None
     if strict and raw_unlabeled != -1:
         labeled = raw_unlabeled
     if labeled is not None and labeled < 1:
-        raise ConversionError(f"--labeled/--raw-unlabeled must be >= 1, got {labeled}")
+        raise ConversionError(f"--labeled/--raw_unlabeled must be >= 1, got {labeled}")
     return labeled, strict
 
 

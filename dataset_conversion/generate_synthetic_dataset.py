@@ -36,6 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from nnunet_ssl.cli_flags import one_spelling_each
 from nnunet_ssl.errors import fail
 
 FILE_ENDING = ".nii.gz"
@@ -364,6 +365,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing folder of this dataset (only that folder)")
+    one_spelling_each(parser)  # -o, -d as nnU-Net writes them; --output/--dataset_id still accepted with a warning
     args = parser.parse_args(argv)
     if not args.output:
         fail(prog, "no output folder: pass -o/--output or set the nnUNet_raw environment variable.")

@@ -71,6 +71,27 @@ def deprecated_aliases(parser: argparse.ArgumentParser, aliases: dict) -> None:
         deprecated_alias(parser, old, new)
 
 
+def one_spelling_each(parser: argparse.ArgumentParser) -> None:
+    """Bring an existing parser to the vocabulary in one call: an option with a short form keeps only that form (as
+    nnU-Net's ``-i``, ``-o``, ``-d``), a hyphenated long option gets its underscored spelling (``--train-list`` ->
+    ``--train_list``); every dropped spelling stays accepted through :func:`deprecated_alias`."""
+    for action in list(parser._actions):
+        strings = list(action.option_strings)
+        if not strings or "-h" in strings or action.help == argparse.SUPPRESS:
+            continue
+        short = [o for o in strings if not o.startswith("--")]
+        keep = short[0] if short else "--" + strings[0][2:].replace("-", "_")
+        dropped = [o for o in strings if o != keep]
+        if not dropped:
+            continue
+        for option in dropped:
+            del parser._option_string_actions[option]
+        action.option_strings = [keep]
+        parser._option_string_actions[keep] = action
+        for option in dropped:
+            deprecated_alias(parser, option, keep)
+
+
 def nnunet_default_num_processes() -> int:
     """nnU-Net's default ``-np`` (8, or the ``nnUNet_def_n_proc`` environment variable)."""
     from nnunetv2.configuration import default_num_processes

@@ -92,7 +92,7 @@ def test_la_split_level_layout_orientation_and_split(fake_la, tmp_path):
 def test_la_strict_mode_and_missing_test_list(fake_la, tmp_path):
     src, cases, _ = fake_la
     (src / "test.list").unlink()
-    assert LA.main(["-i", str(src), "-o", str(tmp_path / "raw"), "--raw-unlabeled", "1"]) == 0
+    assert LA.main(["-i", str(src), "-o", str(tmp_path / "raw"), "--raw_unlabeled", "1"]) == 0
     out = tmp_path / "raw" / "Dataset101_LA"
     assert ids_in(out / "imagesTr") == [cases[0]]
     assert ids_in(out / "imagesUnlabeled") == sorted(cases[1:4])
@@ -109,7 +109,7 @@ def test_la_refuses_overwrite_and_install_split(fake_la, tmp_path, monkeypatch):
     raw, pre = tmp_path / "raw", tmp_path / "pre"
     monkeypatch.setenv("nnUNet_raw", str(raw))
     monkeypatch.setenv("nnUNet_preprocessed", str(pre))
-    assert LA.main(["-i", str(src), "--labeled", "2", "--install-split"]) == 0
+    assert LA.main(["-i", str(src), "--labeled", "2", "--install_split"]) == 0
     installed = pre / "Dataset101_LA" / "splits_final.json"
     assert json.loads(installed.read_text())[0]["train"] == cases[:2]
     with pytest.raises(SystemExit) as exit_info:  # output exists, no --overwrite
@@ -195,11 +195,11 @@ def test_pancreas_mcnet_lists_and_errors(tmp_path):
     out = PANCREAS.convert(str(src), output=str(tmp_path / "raw"), source_format="h5", convention="mcnet",
                            labeled=1, train_list=str(tmp_path / "train.list"), test_list=str(tmp_path / "test.list"))
     assert json.loads((out / "splits_ssl.json").read_text())[0]["train"] == ["pancreas_0009"]
-    with pytest.raises(ConversionError, match="train-list"):
+    with pytest.raises(ConversionError, match="train_list"):
         PANCREAS.convert(str(src), output=str(tmp_path / "r2"), source_format="h5", convention="mcnet")
     with pytest.raises(ConversionError, match="not found"):
         PANCREAS.convert(str(src), output=str(tmp_path / "r3"), source_format="h5", convention="mcf")
-    with pytest.raises(ConversionError, match="hu-window"):
+    with pytest.raises(ConversionError, match="hu_window"):
         PANCREAS.convert(str(src), output=str(tmp_path / "r4"), source_format="h5", convention="mcnet",
                          hu_window=True, train_list=str(tmp_path / "train.list"),
                          test_list=str(tmp_path / "test.list"))

@@ -82,9 +82,16 @@ def our_scripts():
                   and p.name not in UNCONVERTED_SCRIPTS | NOT_COMMANDS)
 
 
+def conversion_scripts():
+    """The dataset conversions and the synthetic generator (``python dataset_conversion/<name> ...``)."""
+    return sorted("dataset_conversion/" + p.name for p in (REPO / "dataset_conversion").glob("*.py")
+                  if not p.name.startswith("_"))
+
+
 def script_help(name: str, env: dict) -> subprocess.CompletedProcess:
     command = ["bash"] if name.endswith(".sh") else [sys.executable]
-    return subprocess.run(command + [str(REPO / "scripts" / name), "--help"], env=env, capture_output=True,
+    path = REPO / name if "/" in name else REPO / "scripts" / name
+    return subprocess.run(command + [str(path), "--help"], env=env, capture_output=True,
                           encoding="utf-8", errors="replace", timeout=300)
 
 
@@ -93,7 +100,7 @@ def helps(tmp_path_factory):
     """{command or script: help text} of every nnunet_ssl command and script, and of nnU-Net's commands."""
     env = dict(os.environ, VENV=str(tmp_path_factory.mktemp("h") / "no_venv"), PYTHONUTF8="1")
     ours = {name: in_process_help(target, name) for name, target in our_commands()}
-    for name in our_scripts():
+    for name in our_scripts() + conversion_scripts():
         proc = script_help(name, env)
         assert proc.returncode == 0 and proc.stdout.startswith("usage:"), (name, proc.stdout[-500:], proc.stderr)
         ours[name] = proc.stdout
@@ -105,7 +112,8 @@ def test_every_command_and_script_is_checked(helps):
     ours, _ = helps
     assert {"nnUNetv2_ssl_split", "nnUNetv2_ssl_evaluate", "nnUNetv2_ssl_self_train",
             "nnUNetv2_ssl_preprocess_unlabeled", "benchmark_ssl.py", "benchmark_la.sh", "demo.sh",
-            "sync_audit.py"} <= set(ours)
+            "sync_audit.py", "dataset_conversion/Dataset101_LA.py",
+            "dataset_conversion/generate_synthetic_dataset.py"} <= set(ours)
     assert all(help_entries(text) for text in ours.values())
 
 
