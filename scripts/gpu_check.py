@@ -18,8 +18,8 @@ What it does, in this order (the work folder with nnUNet_raw/preprocessed/result
    each trainer (warm-up + timed iterations with data loading and without, host-sync audit, peak GPU memory) under
    nnU-Net's AMP (autocast + GradScaler on CUDA). Each row gets the ratio to ``nnUNetTrainer`` and to the
    trainer's pass-count floor (README "What an iteration costs", in units of ``nnUNetTrainer``'s iteration):
-   Mean Teacher/CRLN 7/3, BoCLIS 3 (its contrast crops are not counted), UGPL and CDR 2 + 2r,
-   CDR_noisyPassIntra 4 + 4r, r = 1 for ``_sameArch``. r, the cost of the
+   Mean Teacher/CRLN 7/3, BoCLIS 3 (its contrast crops are not counted), UGPL and CDR_deepToShallowIntra 2 + 2r,
+   CDR (two passes per network) 4 + 4r, r = 1 for ``_sameArch``. r, the cost of the
    residual-encoder network relative to the plain one, is measured in each dual trainer's own run: forward +
    backward of each sub-network (``forward_a``/``forward_b``, compiled when the run compiles, AMP) on the
    concatenated labelled + unlabelled batch, median over a few repetitions.
@@ -66,15 +66,16 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchmark_speed as bs  # noqa: E402
+from nnunet_ssl.cli_flags import deprecated_aliases, one_spelling_each  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LA_PLANS = os.path.join(REPO, "benchmarks", "gpu", "Dataset101_LA_nnUNetPlans.json")
 LA_FINGERPRINT = os.path.join(REPO, "benchmarks", "gpu", "Dataset101_LA_dataset_fingerprint.json")
-DEFAULT_OUTPUT = os.path.join(REPO, "benchmarks", "gpu")
+DEFAULT_OUTPUT = "gpu_check_results"  # in the current folder: a run never rewrites the committed benchmarks/gpu
 DATASET_ID, DATASET_SHORT_NAME = 996, "GPUCheckLA"
 BASE_CONFIGURATION = "3d_fullres"
 CHECK_CONFIGURATION, SMOKE_CONFIGURATION = "3d_check", "3d_smoke"
-COST_VARIANTS = ("nnUNetTrainerCDR_noisyPassIntra", "nnUNetTrainerCDR_sameArch", "nnUNetTrainerUGPL_sameArch",
+COST_VARIANTS = ("nnUNetTrainerCDR_deepToShallowIntra", "nnUNetTrainerCDR_sameArch", "nnUNetTrainerUGPL_sameArch",
                  "nnUNetTrainerBoCLIS_noContrast")
 TIMED_TRAINERS = bs.DEFAULT_TRAINERS + COST_VARIANTS
 SMOKE_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerMeanTeacher", "nnUNetTrainerUGPL")
@@ -95,9 +96,11 @@ FLOORS: Dict[str, Tuple[str, bool, Callable[[Optional[float]], float]]] = {
     "nnUNetTrainerBoCLIS_noContrast": ("3", False, lambda r: 3.0),
     "nnUNetTrainerUGPL": ("2 + 2r", True, lambda r: 2 + 2 * r),
     "nnUNetTrainerUGPL_sameArch": ("2 + 2r, r = 1", True, lambda r: 2 + 2 * r),
-    "nnUNetTrainerCDR": ("2 + 2r", True, lambda r: 2 + 2 * r),
-    "nnUNetTrainerCDR_sameArch": ("2 + 2r, r = 1", True, lambda r: 2 + 2 * r),
+    # CDR's default runs two passes per network (the paper's intra term); the deep-to-shallow variant one
+    "nnUNetTrainerCDR": ("4 + 4r", True, lambda r: 4 + 4 * r),
+    "nnUNetTrainerCDR_sameArch": ("4 + 4r, r = 1", True, lambda r: 4 + 4 * r),
     "nnUNetTrainerCDR_noisyPassIntra": ("4 + 4r", True, lambda r: 4 + 4 * r),
+    "nnUNetTrainerCDR_deepToShallowIntra": ("2 + 2r", True, lambda r: 2 + 2 * r),
 }
 SINGLE_STUDENT = ("nnUNetTrainerMeanTeacher", "nnUNetTrainerCRLN", "nnUNetTrainerBoCLIS",
                   "nnUNetTrainerBoCLIS_noContrast")
@@ -495,8 +498,9 @@ def run_item(name: str, args_ns, device, hooks, deadline: Optional[float], min_l
 # -------------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("-o", "--output", default=DEFAULT_OUTPUT, help="output folder for gpu_check.json/.md "
-                                                                  "(default benchmarks/gpu)")
+    p.add_argument("-o", default=DEFAULT_OUTPUT, dest="output",
+                   help=f"output folder for gpu_check.json/.md (default ./{DEFAULT_OUTPUT}; the committed records "
+                        "are in benchmarks/gpu)")
     p.add_argument("--smoke", action="store_true", help="CPU run on tiny plans (mechanics only)")
     p.add_argument("--trainers", nargs="+", default=None,
                    help=f"timed trainers (default: {' '.join(TIMED_TRAINERS)}; smoke: {' '.join(SMOKE_TRAINERS)})")
@@ -507,7 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to run, in this order: timing with torch.compile off, the ablation check, the "
                         f"-num_gpus {DDP_GPUS} smoke (skipped with fewer GPUs), timing with compile on (default: off "
                         "check ddp on, the least predictable last; smoke: off check)")
-    p.add_argument("--iters", type=int, default=None, help="timed iterations per phase (default 5; smoke 1)")
+    p.add_argument("--iterations", type=int, default=None, dest="iters",
+                   help="timed iterations per phase (default 5; smoke 1)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up iterations per phase (default 2; smoke 0)")
     p.add_argument("--check-patch", type=int, nargs=3, default=(64, 64, 64),
                    help="patch of the ablation check (default 64 64 64; smoke: the smoke patch)")
@@ -516,9 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=None, help="seconds from now (if no --deadline)")
     p.add_argument("--min-item-s", type=float, default=None,
                    help="do not start a trainer with less time left (default 20; smoke 0)")
-    p.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda, cpu with --smoke")
-    p.add_argument("--work-dir", default=None, help="folder for raw/preprocessed/results (default: temporary, "
-                                                    "deleted at the end)")
+    p.add_argument("-device", choices=("cuda", "cpu"), default=None, dest="device",
+                   help="default: cuda, cpu with --smoke")
+    p.add_argument("--work", default=None, dest="work_dir",
+                   help="folder for raw/preprocessed/results (default: temporary, deleted at the end)")
+    deprecated_aliases(p, {"--output": "-o", "--iters": "--iterations", "--device": "-device", "--work-dir": "--work"})
+    one_spelling_each(p)  # --check-patch -> --check_patch etc., the hyphenated spellings still accepted
     return p
 
 

@@ -3,13 +3,15 @@
 # of every ablation variant, a -num_gpus 2 run of every method on a machine with 2 GPUs) in one run that needs no
 # dataset: see scripts/gpu_check.py for what it measures.
 #
-#   bash scripts/gpu_check.sh [gpu_check.py options]       e.g.  -o "$OUT"   (default output: benchmarks/gpu/)
+#   bash scripts/gpu_check.sh [gpu_check.py options]       e.g.  -o OUT   (default output: ./gpu_check_results/)
 #   bash scripts/gpu_check.sh --smoke -o /tmp/smoke         the same code on the CPU with tiny plans
 #
 # Needs a Python ($PYTHON, default python3) with the project installed (`pip install -e .` in the checkout, which
 # pulls nnU-Net and torch). The whole run stays within GPU_CHECK_BUDGET_S seconds (default 450): gpu_check.py
 # skips or stops what does not fit and still writes its table; `timeout` is the last resort.
 set -uo pipefail
+# --help: gpu_check.py's options (the same as this script's), before any check or work
+case "${1:-}" in -h|--help) exec "${PYTHON:-python3}" "$(dirname "${BASH_SOURCE[0]}")/gpu_check.py" --help;; esac
 start=$(date +%s)
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}

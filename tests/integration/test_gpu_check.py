@@ -125,8 +125,9 @@ def test_ablation_variants_and_floors():
     assert set(gc.ablation_variants(exclude=gc.TIMED_TRAINERS)) == set(variants) - set(gc.TIMED_TRAINERS)
     assert set(gc.FLOORS) == set(gc.TIMED_TRAINERS)
     units = {name: f(1.5) for name, (_, _, f) in gc.FLOORS.items()}
-    assert units["nnUNetTrainerCDR"] == 5 and units["nnUNetTrainerUGPL"] == 5
-    assert units["nnUNetTrainerCDR_noisyPassIntra"] == 10
+    # CDR's default runs two passes per network (4 + 4r), its deep-to-shallow variant one (2 + 2r), as UGPL
+    assert units["nnUNetTrainerCDR"] == 10 and units["nnUNetTrainerUGPL"] == 5
+    assert units["nnUNetTrainerCDR_deepToShallowIntra"] == 5 and units["nnUNetTrainerCDR_sameArch"] == 8
 
 
 def _row(ms_with, ms_without, mem, r=None, second="other_family"):
