@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import textwrap
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 DEFAULT_ROWS = ("nnUNetTrainer=labelled-only nnU-Net", "nnUNetTrainerSelfTraining", "nnUNetTrainerMeanTeacher",
                 "nnUNetTrainerCRLN", "nnUNetTrainerCDR", "nnUNetTrainerBoCLIS", "nnUNetTrainerUGPL",

@@ -15,7 +15,7 @@ import glob
 import json
 import os
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Sequence
 
 BASELINE = "nnUNetTrainer"
 ALL_LABELED = "all"

@@ -114,6 +114,16 @@ def synthetic_nnunet(tmp_path_factory):
     return {"root": root, "env": make_env(root, training=True), "plan_env": plan_env}
 
 
+def private_copy(synthetic_nnunet, root: Path) -> Path:
+    """The session's planned and preprocessed synthetic dataset copied under ``root`` (raw/, preprocessed/, an empty
+    results/), for tests that change it."""
+    import shutil
+    for d in ("raw", "preprocessed"):
+        shutil.copytree(synthetic_nnunet["root"] / d / DATASET_NAME, root / d / DATASET_NAME)
+    (root / "results").mkdir()
+    return root
+
+
 def train_predict(synthetic_nnunet, trainer: str, configuration: str = "3d_fullres", extra_train_args=(),
                   env_overrides=None):
     """Train a tiny trainer with stock nnUNetv2_train, then predict the test images with stock nnUNetv2_predict.

@@ -14,7 +14,6 @@ gives from 32^3 on) whose 3d_fullres plans get a quarter of the features (8-64),
 the self-training trainer.
 """
 import math
-import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATASET_ID, DATASET_NAME, make_env
+from conftest import DATASET_ID, DATASET_NAME, make_env, private_copy
 from ddp_launcher import run_ddp_jobs
 
 METHODS = ("MeanTeacher", "CRLN", "CDR", "BoCLIS", "UGPL", "SelfTraining")
@@ -82,10 +81,7 @@ def _children_cpu_seconds() -> float:
 
 @pytest.fixture(scope="module")
 def ddp_runs(synthetic_nnunet, tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
-    for d in ("raw", "preprocessed"):
-        shutil.copytree(synthetic_nnunet["root"] / d / DATASET_NAME, root / d / DATASET_NAME)
-    (root / "results").mkdir()
+    root = private_copy(synthetic_nnunet, tmp_path_factory.mktemp("ddp"))
     _shrink_network(root / "preprocessed" / DATASET_NAME)
     _write_pseudo_labels(root / "preprocessed" / DATASET_NAME)
     records = root / "records"

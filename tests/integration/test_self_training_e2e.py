@@ -11,7 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from conftest import DATASET_ID, DATASET_NAME, assert_valid_predictions, load_checkpoint_file, make_env, run_cli
+from conftest import (DATASET_ID, DATASET_NAME, assert_valid_predictions, load_checkpoint_file, make_env,
+                      private_copy, run_cli)
 
 TRAINER = "nnUNetTrainerSelfTraining_tiny"
 LABELED = "nnUNetTrainerLabeledOnly_tiny"
@@ -41,10 +42,7 @@ def _delete_hidden_labels(root):
 
 @pytest.fixture(scope="module")
 def recipe(synthetic_nnunet, tmp_path_factory):
-    root = tmp_path_factory.mktemp("self_training")
-    for d in ("raw", "preprocessed"):
-        shutil.copytree(synthetic_nnunet["root"] / d / DATASET_NAME, root / d / DATASET_NAME)
-    (root / "results").mkdir()
+    root = private_copy(synthetic_nnunet, tmp_path_factory.mktemp("self_training"))
     hidden, deleted = _delete_hidden_labels(root)
     env = make_env(root, training=True)
     started = time.time()

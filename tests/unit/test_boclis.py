@@ -381,18 +381,18 @@ def test_pseudo_label_loss_reaches_whole_student_and_no_teacher():
     assert all(p.grad is None for t in teachers.values() for p in t.parameters())
 
 
-def test_pseudo_label_loss_hand_value_over_deep_supervision():
-    """Logits (0, ln 3): p = (1/4, 3/4). Left half label 0 with r = 1, right half label 1 with r = 1/2, so each
-    level's Σ r·CE / Σ r = (2·ln 4 + ln(4/3)) / 3; nnU-Net's deep-supervision weights (0.8, 0.2) sum the levels.
-    Only the unlabelled samples (after n_labeled) count; a level with weight 0 is skipped."""
+def _pseudo_label_loss_case(**attrs):
+    """A bare BoCLIS trainer with nnU-Net's deep-supervision weights (0.8, 0.2), and the case both tests below work
+    out by hand: logits (0, ln 3), so p = (1/4, 3/4) everywhere; left half label 0 with r = 1, right half label 1
+    with r = 1/2; sample 0 is labelled and must not count. Returns (trainer, level(size), labels, reliability,
+    the reliability-weighted CE of one level (2·ln 4 + ln(4/3)) / 3)."""
     from types import SimpleNamespace
 
     from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-    trainer = object.__new__(nnUNetTrainerBoCLIS)
+    trainer = object.__new__(type("BareBoCLIS", (nnUNetTrainerBoCLIS,), dict(attrs)))
     trainer.loss = DeepSupervisionWrapper(lambda *a: None, [0.8, 0.2])
     trainer.configuration_manager = SimpleNamespace(batch_dice=True)
     trainer.is_ddp = False
-    trainer.use_pseudo_label_dice = False
 
     def level(size):
         logits = torch.zeros(2, 2, size, size)
@@ -403,7 +403,13 @@ def test_pseudo_label_loss_hand_value_over_deep_supervision():
     labels[..., 2:] = 1
     reliability = torch.ones(1, 4, 4)
     reliability[..., 2:] = 0.5
-    value = (2 * math.log(4) + math.log(4 / 3)) / 3
+    return trainer, level, labels, reliability, (2 * math.log(4) + math.log(4 / 3)) / 3
+
+
+def test_pseudo_label_loss_hand_value_over_deep_supervision():
+    """CE only: each level's Σ r·CE / Σ r, summed with the weights (0.8, 0.2); a level with weight 0 is skipped."""
+    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    trainer, level, labels, reliability, value = _pseudo_label_loss_case(use_pseudo_label_dice=False)
     loss = trainer.pseudo_label_loss([level(4), level(2)], 1, labels, reliability)
     assert loss.item() == pytest.approx(value, rel=1e-5)
     trainer.loss = DeepSupervisionWrapper(lambda *a: None, [1.0, 0.0])
@@ -413,28 +419,11 @@ def test_pseudo_label_loss_hand_value_over_deep_supervision():
 
 
 def test_pseudo_label_loss_with_its_default_dice_term_hand_value():
-    """The default L_u (weighted CE + soft Dice, the Dice unweighted, foreground only, batch Dice). As above,
-    p_fg = 3/4 everywhere and the right half is foreground: at 4 x 4, Σp·y = 8·3/4 = 6, Σp = 12, Σy = 8, so the
-    soft Dice is (2·6)/(12 + 8) = 0.6 and the term adds 1 − 0.6 = 0.4; at 2 x 2 (nearest downsampling keeps the right
-    column) 1.5, 3 and 2 give 0.6 again. Per level CE + 0.4, with the weights (0.8, 0.2): CE + 0.4."""
-    from types import SimpleNamespace
-
-    from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+    """The default L_u (weighted CE + soft Dice, the Dice unweighted, foreground only, batch Dice). p_fg = 3/4
+    everywhere and the right half is foreground: at 4 x 4, Σp·y = 8·3/4 = 6, Σp = 12, Σy = 8, so the soft Dice is
+    (2·6)/(12 + 8) = 0.6 and the term adds 1 − 0.6 = 0.4; at 2 x 2 (nearest downsampling keeps the right column)
+    1.5, 3 and 2 give 0.6 again. Per level CE + 0.4, with the weights (0.8, 0.2): CE + 0.4."""
     assert nnUNetTrainerBoCLIS.use_pseudo_label_dice  # the default this test pins down
-    trainer = object.__new__(nnUNetTrainerBoCLIS)
-    trainer.loss = DeepSupervisionWrapper(lambda *a: None, [0.8, 0.2])
-    trainer.configuration_manager = SimpleNamespace(batch_dice=True)
-    trainer.is_ddp = False
-
-    def level(size):
-        logits = torch.zeros(2, 2, size, size)
-        logits[:, 1] = math.log(3.0)
-        logits[0] = 100.0  # the labelled sample: must not count
-        return logits
-    labels = torch.zeros(1, 4, 4, dtype=torch.long)
-    labels[..., 2:] = 1
-    reliability = torch.ones(1, 4, 4)
-    reliability[..., 2:] = 0.5
-    ce = (2 * math.log(4) + math.log(4 / 3)) / 3
+    trainer, level, labels, reliability, ce = _pseudo_label_loss_case()
     loss = trainer.pseudo_label_loss([level(4), level(2)], 1, labels, reliability)
     assert loss.item() == pytest.approx(ce + 0.4, rel=1e-5)

@@ -1,6 +1,5 @@
 """The export of the single-network ablation (the full method exports ``DualNetwork``) and the training-time
 dropout of CDR's networks."""
-import torch
 from torch import nn
 from torch.nn import functional as F
 
