@@ -99,7 +99,6 @@ FLOORS: Dict[str, Tuple[str, bool, Callable[[Optional[float]], float]]] = {
     # CDR's default runs two passes per network (the paper's intra term); the deep-to-shallow variant one
     "nnUNetTrainerCDR": ("4 + 4r", True, lambda r: 4 + 4 * r),
     "nnUNetTrainerCDR_sameArch": ("4 + 4r, r = 1", True, lambda r: 4 + 4 * r),
-    "nnUNetTrainerCDR_noisyPassIntra": ("4 + 4r", True, lambda r: 4 + 4 * r),
     "nnUNetTrainerCDR_deepToShallowIntra": ("2 + 2r", True, lambda r: 2 + 2 * r),
 }
 SINGLE_STUDENT = ("nnUNetTrainerMeanTeacher", "nnUNetTrainerCRLN", "nnUNetTrainerBoCLIS",
