@@ -127,7 +127,7 @@ def test_ablation_variants_and_floors():
     units = {name: f(1.5) for name, (_, _, f) in gc.FLOORS.items()}
     # CDR's default runs two passes per network (4 + 4r), its deep-to-shallow variant one (2 + 2r), as UGPL
     assert units["nnUNetTrainerCDR"] == 10 and units["nnUNetTrainerUGPL"] == 5
-    assert units["nnUNetTrainerCDR_deepToShallowIntra"] == 5 and units["nnUNetTrainerCDR_sameArch"] == 8
+    assert units["nnUNetTrainerCDR_deepToShallowIntra"] == 5 and units["nnUNetTrainerCDR_sameArch"] == 10
 
 
 def _row(ms_with, ms_without, mem, r=None, second="other_family"):
