@@ -20,11 +20,11 @@ def test_cdr_train_resume_predict(synthetic_nnunet):
     # both networks, both heads, network B's optimizer (with head B) are in the checkpoint
     assert any(k.startswith("net_a.") for k in latest["student_weights"])
     assert any(k.startswith("net_b.") for k in latest["student_weights"])
-    assert {k.split(".")[0] for k in latest["extra_modules"]} == {"head_a", "head_b", "bottleneck_head_a",
-                                                                  "bottleneck_head_b"}
-    # network B's optimizer: its own parameters, then B's two heads (two 1x1 convs each: weight and bias)
+    # the default intra term is the two-pass one: one projection head per network, no bottleneck heads
+    assert {k.split(".")[0] for k in latest["extra_modules"]} == {"head_a", "head_b"}
+    # network B's optimizer: its own parameters, then B's head (two 1x1 convs: weight and bias each)
     groups_b = latest["extra_optimizers"]["net_b"]["param_groups"]
-    assert len(groups_b) == 2 and len(groups_b[1]["params"]) == 8
+    assert len(groups_b) == 2 and len(groups_b[1]["params"]) == 4
 
     record = fold / "resumed_state.pt"
     resume_env = dict(env, NNUNET_SSL_TEST_RECORD_RESUME=str(record))
@@ -49,7 +49,7 @@ def test_cdr_train_resume_predict(synthetic_nnunet):
     assert_nested_equal(final["network_weights"], final["student_weights"], "network_weights")
     logging = final["logging"]
     for key in ("agreement", "a_led", "sup_b_loss", "review_loss", "cons_loss", "rkd_loss", "inter_loss",
-                "intra_loss", "inter_nce", "intra_nce", "pseudo_label_dice"):
+                "intra_loss", "intra_kd_loss", "inter_nce", "intra_nce", "pseudo_label_dice"):
         assert len(logging[key]) == 2, key
     assert all(0 <= v <= 1 for v in logging["agreement"])
     # per-epoch fraction of steps A led agrees with the step counts (3 steps per epoch)
