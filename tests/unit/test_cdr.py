@@ -484,6 +484,7 @@ def test_single_network_predicts_with_net_a_only():
     t = bare_trainer(cdr.nnUNetTrainerCDR_singleNetwork)
     net = t.network
     net.set_deep_supervision(False)
+    net.eval()  # as nnUNetv2_predict runs it: no training dropout
     x = torch.randn(1, 1, 8, 8, 8)
     with torch.no_grad():
         assert torch.equal(net(x), net.net_a(x))
