@@ -190,9 +190,7 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
             weights = torch.ones(q["a"].shape[0], device=x.device)
             diag["region_disagreement"] = torch.tensor(NAN)
         else:
-            with torch.no_grad():
-                region_d = flatten_regions(pool_regions(
-                    voxel_disagreement(probs["a"], probs["b"], self.disagreement_measure), region_size))[:, 0]
+            region_d = self._region_disagreement(probs["a"], probs["b"], region_size)
             weights = disagreement_weights(region_d, self.disagreement_beta)
             diag["region_disagreement"] = region_d.mean()
         keep = None
@@ -207,11 +205,9 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
         with torch.no_grad():  # 0: the InfoNCE terms are inert (one dominant class in the batch)
             diag["nce_negative_share"] = negative_share(pick(weights).shape[0], region_class, num_classes)
         if not self.single_network and self.use_regional_kd:
-            def target(k):
-                return regional_kd_target(probs[k].detach(), region_size, self.sharpen_temperature,
-                                          self.regional_kd_sharpen_first)
-            losses["rkd"] = lam * directed_by_leader(lead_a, weighted_mse(q["b"], target("a"), weights),
-                                                     weighted_mse(q["a"], target("b"), weights))
+            losses["rkd"] = lam * directed_by_leader(
+                lead_a, weighted_mse(q["b"], self._regional_kd_target(probs["a"], region_size), weights),
+                weighted_mse(q["a"], self._regional_kd_target(probs["b"], region_size), weights))
         if not self.single_network and self.use_inter_contrast:
             nce_ab, nce_ba = symmetric_region_nce(pick(z["a"]), pick(z["b"]), self.contrast_temperature,
                                                   pick(weights), self.inter_stop_gradient, lead_a, region_class)
@@ -256,14 +252,22 @@ class nnUNetTrainerCDR(nnUNetTrainerDualSSL):
         pass with gradient matches the other's voxel-sharpened, region-averaged probabilities, each region weighted
         by ``1 + β·disagreement`` of the two passes. The noisy pass learns from the clean one; with a no-grad noisy
         pass (``intra_noisy_pass_grad=False``) the clean pass learns from it instead."""
-        with torch.no_grad():
-            weights = disagreement_weights(flatten_regions(pool_regions(
-                voxel_disagreement(probs_clean, probs_noisy, self.disagreement_measure), region_size))[:, 0],
-                self.disagreement_beta)
+        weights = disagreement_weights(self._region_disagreement(probs_clean, probs_noisy, region_size),
+                                       self.disagreement_beta)
         student, teacher = (probs_noisy, probs_clean) if self.intra_noisy_pass_grad else (probs_clean, probs_noisy)
-        target = regional_kd_target(teacher.detach(), region_size, self.sharpen_temperature,
-                                    self.regional_kd_sharpen_first)
-        return weighted_mse(flatten_regions(pool_regions(student, region_size)), target, weights)
+        return weighted_mse(flatten_regions(pool_regions(student, region_size)),
+                            self._regional_kd_target(teacher, region_size), weights)
+
+    def _region_disagreement(self, probs_1: torch.Tensor, probs_2: torch.Tensor, region_size) -> torch.Tensor:
+        """Mean voxel disagreement of two predictions per region, (B·R,), no gradient (anchor weights)."""
+        with torch.no_grad():
+            return flatten_regions(pool_regions(
+                voxel_disagreement(probs_1, probs_2, self.disagreement_measure), region_size))[:, 0]
+
+    def _regional_kd_target(self, probs: torch.Tensor, region_size) -> torch.Tensor:
+        """The regional KD target of a prediction (detached): voxel-sharpened at T, region-averaged."""
+        return regional_kd_target(probs.detach(), region_size, self.sharpen_temperature,
+                                  self.regional_kd_sharpen_first)
 
     # ------------------------------------------------------------------------------ leader statistics, --c
     def train_step(self, batch: dict) -> dict:
