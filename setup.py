@@ -57,8 +57,8 @@ setup(
     extras_require={
         # only the conversions of the h5 releases (LA, Pancreas h5) need h5py
         "conversion": ["h5py>=3.8,<4"],
-        # the tests run the conversions
-        "test": ["pytest>=7,<10", "medpy>=0.5,<0.6", "h5py>=3.8,<4"],
+        # the tests run the conversions; pytest-xdist runs test files on every core (scripts/run_tests.sh)
+        "test": ["pytest>=7,<10", "pytest-xdist>=3.3,<4", "medpy>=0.5,<0.6", "h5py>=3.8,<4"],
     },
     entry_points={
         "console_scripts": [

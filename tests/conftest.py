@@ -19,6 +19,18 @@ DATASET_NAME = "Dataset990_SyntheticSSL"
 TEST_TRAINERS = REPO / "tests" / "trainers"
 
 
+# the longest test files (several nnU-Net processes each), started first so that parallel workers
+# (scripts/run_tests.sh: one file per worker) finish together; the rest keep pytest's order
+LONGEST_FIRST = ("test_ddp.py", "test_cdr_e2e.py", "test_boclis_e2e.py", "test_ugpl_e2e.py", "test_mean_teacher_e2e.py",
+                 "test_crln_e2e.py", "test_self_training_e2e.py", "test_benchmark_self_training.py",
+                 "test_benchmarks.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))  # stable: same order in every worker
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _single_torch_thread():
     """Unit tests use tiny tensors, where a second intra-op thread only adds overhead (nnU-Net subprocesses
@@ -98,8 +110,8 @@ def make_env(root: Path, training: bool) -> dict:
 @pytest.fixture(scope="session")
 def synthetic_nnunet(tmp_path_factory):
     """Dataset990: 6 labelled 32^3 cases (split: 2 labelled, 2 hidden-label, 2 validation), 3 imagesUnlabeled
-    cases with hidden reference masks, 2 test cases; planned for 2d and 3d_fullres; unlabelled cases
-    preprocessed; label-budget split written. Returns {'root', 'env' (for training/prediction), 'plan_env'}."""
+    cases with hidden reference masks, 2 test cases; planned for 2d and 3d_fullres (then a quarter of the
+    planned features, ``shrink_network``); unlabelled cases preprocessed; label-budget split written. Returns {'root', 'env' (for training/prediction), 'plan_env'}."""
     root = tmp_path_factory.mktemp("nnunet")
     for d in ("raw", "preprocessed", "results"):
         (root / d).mkdir()
@@ -111,7 +123,22 @@ def synthetic_nnunet(tmp_path_factory):
              "--verify_dataset_integrity"], plan_env)
     run_cli(["nnUNetv2_ssl_preprocess_unlabeled", "-d", DATASET_ID, "-c", "2d", "3d_fullres", "-np", "1"], plan_env)
     run_cli(["nnUNetv2_ssl_split", "-d", DATASET_ID, "--labeled", "2", "--num_val", "2", "--folds", "1"], plan_env)
+    shrink_network(root / "preprocessed" / DATASET_NAME)
     return {"root": root, "env": make_env(root, training=True), "plan_env": plan_env}
+
+
+def shrink_network(preprocessed: Path, divisor: int = 4) -> None:
+    """Divide the features per stage of every configuration's U-Net in ``nnUNetPlans.json`` (8-64 instead of 32-256
+    at 32^3; plans files are meant to be edited so). Stages, kernels and patch stay as planned, so every code path is
+    the same; convolutions cost about divisor^2 less CPU time, which is most of an end-to-end test's time."""
+    import json
+    plans_file = preprocessed / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    for configuration in plans["configurations"].values():
+        arch = configuration.get("architecture", {}).get("arch_kwargs", {})
+        if "features_per_stage" in arch:
+            arch["features_per_stage"] = [max(1, f // divisor) for f in arch["features_per_stage"]]
+    plans_file.write_text(json.dumps(plans, indent=1))
 
 
 def private_copy(synthetic_nnunet, root: Path) -> Path:

@@ -10,8 +10,8 @@ module's gradient out of the all-reduce must fail the identity check.
 
 The ranks start from different seeds, so a module that is neither broadcast nor reduced shows up as a difference.
 The dataset is a copy of the session's 32^3 synthetic one (CRLN's DIM needs three decoder stages, which the planner
-gives from 32^3 on) whose 3d_fullres plans get a quarter of the features (8-64), plus a pseudo-label folder for
-the self-training trainer.
+gives from 32^3 on; its plans have a quarter of the features, 8-64), plus a pseudo-label folder for the
+self-training trainer.
 """
 import math
 import time
@@ -35,16 +35,6 @@ CPU_ONLY_PER_RANK = ("running_mean", "running_var")
 
 def trainer_name(method: str) -> str:
     return f"nnUNetTrainer{method}_ddpTest"
-
-
-def _shrink_network(pre: Path) -> None:
-    """3d_fullres plans with a quarter of the features per stage (the CPU time of the runs)."""
-    import json
-    plans_file = pre / "nnUNetPlans.json"
-    plans = json.loads(plans_file.read_text())
-    arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
-    arch["features_per_stage"] = [f // 4 for f in arch["features_per_stage"]]
-    plans_file.write_text(json.dumps(plans, indent=1))
 
 
 def _write_pseudo_labels(pre: Path) -> None:
@@ -82,7 +72,6 @@ def _children_cpu_seconds() -> float:
 @pytest.fixture(scope="module")
 def ddp_runs(synthetic_nnunet, tmp_path_factory):
     root = private_copy(synthetic_nnunet, tmp_path_factory.mktemp("ddp"))
-    _shrink_network(root / "preprocessed" / DATASET_NAME)
     _write_pseudo_labels(root / "preprocessed" / DATASET_NAME)
     records = root / "records"
     jobs = []
