@@ -133,7 +133,7 @@ def shrink_network(preprocessed: Path, divisor: int = 4) -> None:
     the same; convolutions cost about divisor^2 less CPU time, which is most of an end-to-end test's time."""
     import json
     plans_file = preprocessed / "nnUNetPlans.json"
-    plans = json.loads(plans_file.read_text())
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
     for configuration in plans["configurations"].values():
         arch = configuration.get("architecture", {}).get("arch_kwargs", {})
         if "features_per_stage" in arch:

@@ -80,12 +80,12 @@ def test_la_split_level_layout_orientation_and_split(fake_la, tmp_path):
         np.testing.assert_array_equal(sitk.GetArrayFromImage(image).transpose(2, 1, 0), arrays[c][0])
         np.testing.assert_array_equal(read_array(out / "labelsTr" / f"{c}.nii.gz").transpose(2, 1, 0),
                                       arrays[c][1])
-    split = json.loads((out / "splits_ssl.json").read_text())
+    split = json.loads((out / "splits_ssl.json").read_text(encoding="utf-8"))
     assert split == [{"train": cases[:2], "val": cases[:2], "unlabeled": cases[2:4]}]
-    ds = json.loads((out / "dataset.json").read_text())
+    ds = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert ds["numTraining"] == 4 and ds["labels"] == {"background": 0, "left atrium": 1}
     assert ds["ssl_protocol"]["mode"] == "split-level" and ds["ssl_protocol"]["n_labeled"] == 2
-    assert json.loads((out / "ssl_protocol.json").read_text())["unlabeled"] == cases[2:4]
+    assert json.loads((out / "ssl_protocol.json").read_text(encoding="utf-8"))["unlabeled"] == cases[2:4]
     assert snapshot(src) == before  # source untouched
 
 
@@ -98,10 +98,10 @@ def test_la_strict_mode_and_missing_test_list(fake_la, tmp_path):
     assert ids_in(out / "imagesUnlabeled") == sorted(cases[1:4])
     assert ids_in(out / "labelsUnlabeled", channel=False) == sorted(cases[1:4])
     assert not (out / "imagesTs").exists()
-    assert json.loads((out / "splits_ssl.json").read_text()) == [
+    assert json.loads((out / "splits_ssl.json").read_text(encoding="utf-8")) == [
         {"train": [cases[0]], "val": [cases[0]], "unlabeled": []}]
-    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 1
-    assert json.loads((out / "ssl_protocol.json").read_text())["mode"] == "raw-unlabeled"
+    assert json.loads((out / "dataset.json").read_text(encoding="utf-8"))["numTraining"] == 1
+    assert json.loads((out / "ssl_protocol.json").read_text(encoding="utf-8"))["mode"] == "raw-unlabeled"
 
 
 def test_la_refuses_overwrite_and_install_split(fake_la, tmp_path, monkeypatch):
@@ -111,14 +111,14 @@ def test_la_refuses_overwrite_and_install_split(fake_la, tmp_path, monkeypatch):
     monkeypatch.setenv("nnUNet_preprocessed", str(pre))
     assert LA.main(["-i", str(src), "--labeled", "2", "--install_split"]) == 0
     installed = pre / "Dataset101_LA" / "splits_final.json"
-    assert json.loads(installed.read_text())[0]["train"] == cases[:2]
+    assert json.loads(installed.read_text(encoding="utf-8"))[0]["train"] == cases[:2]
     with pytest.raises(SystemExit) as exit_info:  # output exists, no --overwrite
         LA.main(["-i", str(src), "--labeled", "2"])
     assert exit_info.value.code == 2
     with pytest.raises(ConversionError, match="already exists"):
         LA.convert(str(src), labeled=3, overwrite=True, install_split=True)  # split file exists
-    assert json.loads((raw / "Dataset101_LA" / "splits_ssl.json").read_text())[0]["train"] == cases[:2]
-    assert json.loads(installed.read_text())[0]["train"] == cases[:2]  # not overwritten
+    assert json.loads((raw / "Dataset101_LA" / "splits_ssl.json").read_text(encoding="utf-8"))[0]["train"] == cases[:2]
+    assert json.loads(installed.read_text(encoding="utf-8"))[0]["train"] == cases[:2]  # not overwritten
     with pytest.raises(ConversionError, match="overlaps the source"):
         LA.convert(str(src), output=str(src), labeled=2, overwrite=True)
 
@@ -175,7 +175,7 @@ def test_pancreas_h5_coranet_and_mcf(tmp_path):
     tr, ts = ids_in(out / "imagesTr"), ids_in(out / "imagesTs")
     assert len(tr) == 62 and len(ts) == 18
     assert "pancreas_0025" not in tr and "pancreas_0070" not in ts
-    split = json.loads((out / "splits_ssl.json").read_text())[0]
+    split = json.loads((out / "splits_ssl.json").read_text(encoding="utf-8"))[0]
     assert split["train"] == [f"pancreas_{n:04d}" for n in range(1, 13)]
     assert len(split["unlabeled"]) == 50 and "pancreas_0013" in split["unlabeled"]
     image = sitk.ReadImage(str(out / "imagesTr" / "pancreas_0007_0000.nii.gz"))
@@ -184,7 +184,7 @@ def test_pancreas_h5_coranet_and_mcf(tmp_path):
                            convention="mcf", labeled=6, strict=True)
     assert ids_in(out / "imagesTr") == [f"pancreas_{n:04d}" for n in range(1, 7)]
     assert len(ids_in(out / "imagesUnlabeled")) == 56 and len(ids_in(out / "imagesTs")) == 20
-    assert json.loads((out / "ssl_protocol.json").read_text())["convention"] == "mcf"
+    assert json.loads((out / "ssl_protocol.json").read_text(encoding="utf-8"))["convention"] == "mcf"
 
 
 def test_pancreas_mcnet_lists_and_errors(tmp_path):
@@ -194,7 +194,7 @@ def test_pancreas_mcnet_lists_and_errors(tmp_path):
     (tmp_path / "test.list").write_text("image0005\n")
     out = PANCREAS.convert(str(src), output=str(tmp_path / "raw"), source_format="h5", convention="mcnet",
                            labeled=1, train_list=str(tmp_path / "train.list"), test_list=str(tmp_path / "test.list"))
-    assert json.loads((out / "splits_ssl.json").read_text())[0]["train"] == ["pancreas_0009"]
+    assert json.loads((out / "splits_ssl.json").read_text(encoding="utf-8"))[0]["train"] == ["pancreas_0009"]
     with pytest.raises(ConversionError, match="train_list"):
         PANCREAS.convert(str(src), output=str(tmp_path / "r2"), source_format="h5", convention="mcnet")
     with pytest.raises(ConversionError, match="not found"):
@@ -290,7 +290,7 @@ def test_brats_flair_whole_tumour(fake_brats, tmp_path):
     assert np.all(read_array(out / "imagesTr" / f"{names['train'][1]}_0000.nii.gz") == 13)  # case 1, flair
     np.testing.assert_array_equal(read_array(out / "labelsTr" / f"{names['val'][0]}.nii.gz"), seg > 0)
     assert ids_in(out / "labelsTs", channel=False) == names["test"]
-    assert json.loads((out / "splits_ssl.json").read_text()) == [
+    assert json.loads((out / "splits_ssl.json").read_text(encoding="utf-8")) == [
         {"train": names["train"][:1], "val": names["val"], "unlabeled": names["train"][1:]}]
 
 
@@ -305,7 +305,7 @@ def test_brats_all_modalities_regions_and_bad_label(fake_brats, tmp_path):
     expected[0, 0, :3] = [2, 1, 3]  # BraTS 1 (necrosis) -> 2, 2 (oedema) -> 1, 4 (enhancing) -> 3
     np.testing.assert_array_equal(read_array(out / "labelsTr" / f"{case}.nii.gz"), expected)
     assert ids_in(out / "imagesUnlabeled") == [names["train"][2]]
-    ds = json.loads((out / "dataset.json").read_text())
+    ds = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert ds["regions_class_order"] == [1, 2, 3] and ds["numTraining"] == 3
     bad = seg.copy()
     bad[1, 1, 1] = 3
@@ -338,7 +338,7 @@ def test_hippocampus_imagesTs_become_unlabeled(fake_msd, tmp_path):
     out = HIPPO.convert(str(src), output=str(tmp_path / "raw"))
     assert ids_in(out / "imagesTr") == train and ids_in(out / "imagesUnlabeled") == test
     assert not (out / "imagesTs").exists() and not (out / "splits_ssl.json").exists()
-    ds = json.loads((out / "dataset.json").read_text())
+    ds = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert ds["labels"] == {"background": 0, "Anterior": 1, "Posterior": 2}
     assert ds["channel_names"] == {"0": "MRI"} and ds["numTraining"] == 4
     assert snapshot(src) == before
@@ -347,7 +347,7 @@ def test_hippocampus_imagesTs_become_unlabeled(fake_msd, tmp_path):
 def test_hippocampus_budget_and_bad_label(fake_msd, tmp_path):
     src, train, test = fake_msd
     out = HIPPO.convert(str(src), output=str(tmp_path / "raw"), labeled=2, seed=1)
-    split = json.loads((out / "splits_ssl.json").read_text())[0]
+    split = json.loads((out / "splits_ssl.json").read_text(encoding="utf-8"))[0]
     assert len(split["train"]) == 2 and sorted(split["train"] + split["unlabeled"]) == train
     assert split["train"] == [str(c) for c in np.random.RandomState(1).permutation(train)[:2]]
     write_nifti(src / "labelsTr" / "hippocampus_004.nii.gz", np.full((4, 5, 3), 5, np.uint8))
@@ -381,7 +381,7 @@ def patients(ids):
 def test_acdc_patient_budget_keeps_frames_together(fake_acdc, tmp_path):
     src, seg = fake_acdc
     out = ACDC.convert(str(src), output=str(tmp_path / "raw"), labeled=2, seed=3, strict=True)
-    split = json.loads((out / "splits_ssl.json").read_text())[0]
+    split = json.loads((out / "splits_ssl.json").read_text(encoding="utf-8"))[0]
     labeled = sorted(np.random.RandomState(3).permutation([f"patient{p:03d}" for p in range(1, 7)])[:2])
     assert patients(split["train"]) == labeled and len(split["train"]) == 4
     assert patients(ids_in(out / "imagesUnlabeled")) == sorted(set(f"patient{p:03d}" for p in range(1, 7))
@@ -401,7 +401,7 @@ def test_acdc_ssl4mis_lists(fake_acdc, tmp_path):
     (tmp_path / "test.list").write_text("patient005_frame01\npatient005_frame02\n")
     out = ACDC.convert(str(src), output=str(tmp_path / "raw"), labeled=2, train_list=str(tmp_path / "train.list"),
                        val_list=str(tmp_path / "val.list"), test_list=str(tmp_path / "test.list"))
-    split = json.loads((out / "splits_ssl.json").read_text())[0]
+    split = json.loads((out / "splits_ssl.json").read_text(encoding="utf-8"))[0]
     assert patients(split["train"]) == ["patient002", "patient004"]
     assert patients(split["unlabeled"]) == ["patient001", "patient006"]
     assert patients(split["val"]) == ["patient003"] and len(split["val"]) == 2
@@ -425,7 +425,7 @@ SCRIPTS = sorted(p.name for p in CONVERSION_DIR.glob("*.py") if p.name != "__ini
 
 def test_scripts_reach_helpers_through_the_package_not_sys_path():
     for name in SCRIPTS:
-        assert "sys.path" not in (CONVERSION_DIR / name).read_text(), name
+        assert "sys.path" not in (CONVERSION_DIR / name).read_text(encoding="utf-8"), name
 
 
 def test_script_run_from_elsewhere_reports_user_error_in_one_line(tmp_path):

@@ -87,12 +87,12 @@ def test_zero_unlabeled_and_test_cases_skip_their_folders(tmp_path):
 
 
 def test_dataset_json(dataset_3d, dataset_2d):
-    dj = json.loads((dataset_3d / "dataset.json").read_text())
+    dj = json.loads((dataset_3d / "dataset.json").read_text(encoding="utf-8"))
     assert dj["channel_names"] == {"0": "synthetic_contrast_0", "1": "synthetic_contrast_1"}
     assert dj["labels"] == {"background": 0, "class_1": 1, "class_2": 2, "class_3": 3}
     assert dj["numTraining"] == 3
     assert dj["file_ending"] == ".nii.gz"
-    dj2 = json.loads((dataset_2d / "dataset.json").read_text())
+    dj2 = json.loads((dataset_2d / "dataset.json").read_text(encoding="utf-8"))
     assert dj2["labels"] == {"background": 0, "class_1": 1, "class_2": 2}
     assert dj2["numTraining"] == 3
 
@@ -222,7 +222,7 @@ def test_overwrite_replaces_only_that_dataset_folder(tmp_path):
     gen.generate_synthetic_dataset(str(tmp_path), num_labeled=1, overwrite=True, **small)
     assert not (folder / "stale.txt").exists()
     assert _file_names(folder / "labelsTr") == ["case_0000.nii.gz"]
-    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 1
+    assert json.loads((folder / "dataset.json").read_text(encoding="utf-8"))["numTraining"] == 1
     assert {p: p.read_bytes() for p in neighbour.rglob("*") if p.is_file()} == neighbour_before
     assert sorted(os.listdir(tmp_path)) == ["Dataset990_SyntheticSSL", "Dataset991_SyntheticSSL"]
 

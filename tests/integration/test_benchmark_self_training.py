@@ -15,7 +15,7 @@ def test_self_training_row_counts_the_labelled_model(synthetic_nnunet, tmp_path)
             "--no_baseline", "--epochs", 2, "--iterations_per_epoch", 1, "--val_iterations_per_epoch", 1, "--num_val", 2,
             "--disable_tta", "-o", out, "--record", records]
     run_script("benchmark_ssl.py", args, env)
-    record = json.loads((records / "budget_2" / "nnUNetTrainerSelfTraining__seed0.json").read_text())
+    record = json.loads((records / "budget_2" / "nnUNetTrainerSelfTraining__seed0.json").read_text(encoding="utf-8"))
     assert record["status"] == "ok" and record["iterations"] == 2
     stages = record["self_training"]["stages"]
     assert [(s["stage"], s["iterations"]) for s in stages] == [("labelled-only", 1), ("pseudo", 1)]
@@ -40,7 +40,7 @@ def test_self_training_row_counts_the_labelled_model(synthetic_nnunet, tmp_path)
     assert "--c: continuing the self-training round 1" in proc.stdout
     assert (final / "checkpoint_final.pth").is_file() and not (final / "checkpoint_latest.pth").exists()
     assert {str(p): p.stat().st_mtime_ns for p in [labeled / "checkpoint_final.pth", *pseudo.rglob("*")]} == made
-    record = json.loads((records / "budget_2" / "nnUNetTrainerSelfTraining__seed0.json").read_text())
+    record = json.loads((records / "budget_2" / "nnUNetTrainerSelfTraining__seed0.json").read_text(encoding="utf-8"))
     assert record["status"] == "ok" and record["self_training"]["stages"] == stages
 
     # a share that is not a whole number of epochs is refused before any work

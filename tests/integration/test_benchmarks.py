@@ -44,7 +44,7 @@ def test_benchmark_speed(synthetic_nnunet, tmp_path):
                                              "nnUNetTrainerMeanTeacher", "nnUNetTrainerNotWrittenYet",
                                              *SYNC_EXPECTATIONS, "--iterations", 2, "--warmup", 0,
                                              "--disable_tta", "--output_file", out], env)
-    report = json.loads(out.read_text())
+    report = json.loads(out.read_text(encoding="utf-8"))
     results = report["results"]
     assert results["nnUNetTrainerNotWrittenYet"]["status"] == "skipped (not importable)"
     assert "skipping nnUNetTrainerNotWrittenYet" in proc.stdout
@@ -78,7 +78,7 @@ def test_benchmark_speed(synthetic_nnunet, tmp_path):
     machine = report["machine"]
     assert machine["device"] == "cpu" and machine["torch"] == torch.__version__ and machine["cpu_count"] >= 1
     assert machine["torch_threads"] == 1 and machine["date"]
-    table = (tmp_path / "speed" / "speed.md").read_text()
+    table = (tmp_path / "speed" / "speed.md").read_text(encoding="utf-8")
     ratio = f"{mt['without_data_loading']['ratio_to_nnUNetTrainer']:.2f}×"
     assert any(line.startswith("| nnUNetTrainerMeanTeacher | ") and ratio in line for line in table.splitlines())
     boclis_line = next(line for line in table.splitlines() if line.startswith("| nnUNetTrainerBoCLIS | "))
@@ -122,7 +122,7 @@ def test_benchmark_ssl_and_resume(synthetic_nnunet, tmp_path):
     assert "no estimate until a run has finished" in progress[0]
     assert "left for 2 run(s), from the 1 finished" in progress[1] and "left for 1 run(s), from the 2" in progress[2]
     assert "is deprecated, use" not in proc.stderr  # no old spelling left in the calls it makes
-    report = json.loads((out / "benchmark_ssl.json").read_text())
+    report = json.loads((out / "benchmark_ssl.json").read_text(encoding="utf-8"))
     # splits: same held-out block; 2 labelled + 2 unlabelled, and all 4 labelled for the upper bound
     split2, split_all = report["splits"]["2"], report["splits"]["all"]
     assert split2["val"] == split_all["val"] and len(split2["val"]) == 2
@@ -132,14 +132,14 @@ def test_benchmark_ssl_and_resume(synthetic_nnunet, tmp_path):
     runs = report["runs"]
     assert set(runs) == {"nnUNetTrainer", "nnUNetTrainerMeanTeacher"}
     assert set(runs["nnUNetTrainer"]) == {"2", "all"} and set(runs["nnUNetTrainerMeanTeacher"]) == {"2"}
-    table = (out / "benchmark_ssl.md").read_text().splitlines()
+    table = (out / "benchmark_ssl.md").read_text(encoding="utf-8").splitlines()
     assert table[0].startswith("| Trainer | labelled | seeds | Dice % | Jaccard % | 95HD (voxels) | ASD (voxels) |")
     for trainer, budget in (("nnUNetTrainer", "2"), ("nnUNetTrainer", "all"), ("nnUNetTrainerMeanTeacher", "2")):
         run = runs[trainer][budget]["0"]  # seed 0
         assert run["status"] == "ok" and run["skipped"] is False and run["train_seconds"] > 0
         # the reported metrics are nnUNetv2_ssl_evaluate's of this run's predictions
         seed_dir = out / f"budget_{budget}" / "seed_0"
-        metrics = json.loads((seed_dir / trainer / "evaluation" / "metrics.json").read_text())
+        metrics = json.loads((seed_dir / trainer / "evaluation" / "metrics.json").read_text(encoding="utf-8"))
         dice = metrics["summary"]["headline"]["dice"]
         assert run["dice"]["mean"] == dice["mean"] and 0 <= dice["mean"] <= 1 and metrics["summary"]["n_cases"] == 2
         assert run["metrics"]["dice"]["mean"] == pytest.approx(metrics["summary"]["mean"]["dice"]["mean"])
@@ -148,13 +148,13 @@ def test_benchmark_ssl_and_resume(synthetic_nnunet, tmp_path):
         row = next(l for l in table if l.startswith(f"| {trainer} | {label} | 0 |"))
         assert f"| {100 * run['metrics']['dice']['mean']:.2f} ± " in row
         fold = seed_dir / "nnUNet_results" / DATASET_NAME / f"{trainer}__nnUNetPlans__2d" / "fold_0"
-        debug = json.loads((fold / "debug.json").read_text())
+        debug = json.loads((fold / "debug.json").read_text(encoding="utf-8"))
         assert debug["num_epochs"] == "1" and debug["save_every"] == "1"  # schedule set on the instance
         # the committed record: metrics, commit, machine, iterations, seed
-        record = json.loads((records / f"budget_{budget}" / f"{trainer}__seed0.json").read_text())
+        record = json.loads((records / f"budget_{budget}" / f"{trainer}__seed0.json").read_text(encoding="utf-8"))
         assert record["metrics"] == run["metrics"] and record["seed"] == 0 and record["iterations"] == 1
         assert record["machine"]["device"] == "cpu" and record["commit"] and record["split"] == report["splits"][budget]
-    mt_record = json.loads((records / "budget_2" / "nnUNetTrainerMeanTeacher__seed0.json").read_text())
+    mt_record = json.loads((records / "budget_2" / "nnUNetTrainerMeanTeacher__seed0.json").read_text(encoding="utf-8"))
     assert len(mt_record["diagnostics"]["pseudo_label_dice"]) == 1  # one epoch of the per-epoch diagnostics
     assert (out / "benchmark_ssl.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the table rebuilt from the records alone equals the run's own table part
@@ -176,7 +176,7 @@ def test_benchmark_ssl_and_resume(synthetic_nnunet, tmp_path):
     assert proc.stdout.count("; finished earlier)") == 2 and "left for" not in proc.stdout
     assert "nnUNetTrainer (budget 2, seed 0): trained earlier, predicting again" in proc.stdout
     assert {p: p.stat().st_mtime_ns for p in checkpoints} == mtimes
-    rerun = json.loads((out / "benchmark_ssl.json").read_text())["runs"]
+    rerun = json.loads((out / "benchmark_ssl.json").read_text(encoding="utf-8"))["runs"]
     assert rerun["nnUNetTrainerMeanTeacher"]["2"]["0"]["skipped"] is True
     assert rerun["nnUNetTrainer"]["2"]["0"]["dice"]["mean"] == runs["nnUNetTrainer"]["2"]["0"]["dice"]["mean"]
 
@@ -208,7 +208,7 @@ def test_loss_gradients_reports_every_term(synthetic_nnunet, tmp_path):
     proc = run_script("loss_gradients.py", ["-d", DATASET_ID, "-c", "2d", "-tr", "nnUNetTrainerCRLN", "--batches", 2,
                                             "--epochs", 3, "--iterations_per_epoch", 5,
                                             "-device", "cpu", "--threads", 1, "--output_file", out], env)
-    report = json.loads(out.read_text())
+    report = json.loads(out.read_text(encoding="utf-8"))
     assert report["step"] == 0
     assert report["schedule"] == {"num_epochs": 3, "num_iterations_per_epoch": 5, "source": "options"}
     assert len(report["loss_weights"]["unsup_weight"]) == 2  # the ramped weights of the measured step

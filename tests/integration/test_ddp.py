@@ -44,9 +44,9 @@ def _write_pseudo_labels(pre: Path) -> None:
 
     from nnunet_ssl.self_training.store import (_link_or_copy, image_file, pseudo_label_folder, read_image,
                                                 weighting_settings, write_pseudo_manifest, write_weighted_labels)
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans = json.loads((pre / "nnUNetPlans.json").read_text(encoding="utf-8"))
     patch_size = plans["configurations"]["3d_fullres"]["patch_size"]
-    split = json.loads((pre / "splits_final.json").read_text())[0]
+    split = json.loads((pre / "splits_final.json").read_text(encoding="utf-8"))[0]
     cases = {c: str(pre / "nnUNetPlans_3d_fullres") for c in split["unlabeled"]}
     cases.update({f.name[:-len(".b2nd")]: str(pre / "nnUNetPlans_3d_fullres_unlabeled")
                   for f in (pre / "nnUNetPlans_3d_fullres_unlabeled").glob("*.b2nd") if not f.name.endswith("_seg.b2nd")})

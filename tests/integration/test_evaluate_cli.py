@@ -57,11 +57,11 @@ def folders(tmp_path):
 
 
 def read_outputs(out_dir):
-    with open(out_dir / "metrics.json") as f:
+    with open(out_dir / "metrics.json", encoding="utf-8") as f:
         result = json.load(f)
-    with open(out_dir / "metrics.csv", newline="") as f:
+    with open(out_dir / "metrics.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    markdown = (out_dir / "metrics.md").read_text()
+    markdown = (out_dir / "metrics.md").read_text(encoding="utf-8")
     return result, rows, markdown
 
 
@@ -187,9 +187,9 @@ def test_existing_outputs_are_not_overwritten(folders, tmp_path, capsys):
     (out_dir / "metrics.json").write_text("keep me")
     user_error(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(out_dir)])
     assert "--overwrite" in capsys.readouterr().err
-    assert (out_dir / "metrics.json").read_text() == "keep me"
+    assert (out_dir / "metrics.json").read_text(encoding="utf-8") == "keep me"
     assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(out_dir), "--overwrite"]) == 0
-    assert json.loads((out_dir / "metrics.json").read_text())["settings"]["labels"] == [1, 2]
+    assert json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))["settings"]["labels"] == [1, 2]
 
 
 def test_default_output_folder_and_parallel_workers(folders):
@@ -249,7 +249,7 @@ def test_nnunet_evaluate_folder_form(folders, tmp_path, capsys):
     assert warning_lines(capsys.readouterr().err) == [
         "nnUNetv2_ssl_evaluate: warning: --chill: 1 reference case(s) without prediction are not scored: "
         "case_b.nii.gz"]
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     assert [c["case"] for c in result["cases"]] == ["case_a", "case_c"]
     assert result["settings"]["label_names"] == {"1": "organ", "2": "vessel"}
     assert result["settings"]["reader_writer"] == "SimpleITKIO"
@@ -258,7 +258,7 @@ def test_nnunet_evaluate_folder_form(folders, tmp_path, capsys):
     assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "eval"), "--chill",
                  "--file_ending", ".nii.gz"]) == 0
     assert "case_b.nii.gz" in capsys.readouterr().err
-    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["summary"] == result["summary"]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))["summary"] == result["summary"]
 
 
 def test_output_file_and_the_old_spellings(folders, tmp_path, capsys):
@@ -272,7 +272,7 @@ def test_output_file_and_the_old_spellings(folders, tmp_path, capsys):
     assert main(["-ref", str(ref_dir), "-pred", str(pred_dir), "-o", str(tmp_path / "b" / "s.json"),
                  "--file-ending", ".nii.gz", "--labels", "1"]) == 0
     assert sorted(os.listdir(tmp_path / "b")) == ["s.csv", "s.json", "s.md"]
-    assert json.loads((tmp_path / "b" / "s.json").read_text())["settings"]["labels"] == [1]
+    assert json.loads((tmp_path / "b" / "s.json").read_text(encoding="utf-8"))["settings"]["labels"] == [1]
     warnings_ = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warnings_ == ["nnUNetv2_ssl_evaluate: warning: --file-ending is deprecated, use --file_ending",
                          "nnUNetv2_ssl_evaluate: warning: --labels is deprecated, use -l",

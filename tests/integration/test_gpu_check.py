@@ -55,7 +55,7 @@ def test_smoke_run_records_every_trainer_and_survives_a_failure(smoke_run):
     proc, out = smoke_run["proc"], smoke_run["out"]
     log = f"--- stdout\n{proc.stdout[-5000:]}\n--- stderr\n{proc.stderr[-5000:]}"
     assert proc.returncode == 1, log  # the broken trainer makes the run report failure ...
-    report = json.loads((out / "gpu_check.json").read_text())  # ... after writing everything
+    report = json.loads((out / "gpu_check.json").read_text(encoding="utf-8"))  # ... after writing everything
     assert report["finished"] is True and report["settings"]["smoke"] is True
     assert "[gpu_check.sh] total elapsed" in proc.stdout and "[gpu_check] " in proc.stdout
     assert report["elapsed_s"] > 0
@@ -173,7 +173,7 @@ def test_time_budget_skips_and_stops():
 
 
 def test_derived_configuration_checks_the_patch():
-    plans = json.loads((REPO / "benchmarks" / "gpu" / "Dataset101_LA_nnUNetPlans.json").read_text())
+    plans = json.loads((REPO / "benchmarks" / "gpu" / "Dataset101_LA_nnUNetPlans.json").read_text(encoding="utf-8"))
     assert plans["configurations"]["3d_fullres"]["patch_size"] == [96, 128, 192]
     assert plans["configurations"]["3d_fullres"]["batch_size"] == 2
     smoke = gc.derived_configuration(plans, (32, 32, 32), n_stages=4, feature_divisor=4)

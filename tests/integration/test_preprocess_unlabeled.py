@@ -58,13 +58,13 @@ def test_preprocesses_with_existing_plans(dataset, capsys):
     assert out == str(pre / "nnUNetPlans_3d_fullres_unlabeled")
     cases = sorted(p.name[:-len("_0000.nii.gz")] for p in (raw / "imagesUnlabeled").iterdir())
     assert sorted(p.name[:-5] for p in Path(out).glob("*.b2nd") if not p.name.endswith("_seg.b2nd")) == cases
-    manifest = json.loads((pre / "nnUNetPlans_3d_fullres_unlabeled.json").read_text())
+    manifest = json.loads((pre / "nnUNetPlans_3d_fullres_unlabeled.json").read_text(encoding="utf-8"))
     assert manifest["cases"] == cases and manifest["cases_with_reference"] == cases  # labelsUnlabeled present
     # what the folder was made from, checked by the trainers at training start
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunet_ssl.data.unlabeled_dataset import check_unlabeled_folder, preprocessing_fingerprint
     pm = PlansManager(str(pre / "nnUNetPlans.json"))
-    dj = json.loads((pre / "dataset.json").read_text())
+    dj = json.loads((pre / "dataset.json").read_text(encoding="utf-8"))
     assert manifest["plans"] == "nnUNetPlans" and manifest["data_identifier"] == "nnUNetPlans_3d_fullres"
     assert manifest["fingerprint"] == preprocessing_fingerprint(pm, pm.get_configuration("3d_fullres"), dj)
     assert manifest["fingerprint"]["spacing"] == pm.get_configuration("3d_fullres").spacing
@@ -173,7 +173,7 @@ def test_spacing_within_a_factor_10_is_accepted(dataset):
     from nnunet_ssl.data.preprocess_unlabeled import collect_unlabeled_cases, dataset_images, labelled_case_names
     raw, pre = dataset
     _write_image(raw / "imagesUnlabeled" / "fine_0000.nii.gz", np.zeros((32, 32, 32), np.float32), (1 / 9, 5.0, 1.5))
-    dj = json.loads((raw / "dataset.json").read_text())
+    dj = json.loads((raw / "dataset.json").read_text(encoding="utf-8"))
     reference = dataset_images(str(raw), str(pre), dj, SimpleITKIO)
     assert reference.spacing_min == reference.spacing_max == (1.5, 1.0, 1.0)
     assert reference.channels[0].dimension == 3 and reference.channels[0].components == 1
@@ -194,7 +194,7 @@ def test_misspelled_folder_beside_the_right_one_warns(dataset, capsys):
     raw, pre = dataset
     (raw / "labelsUnlabeled").rename(raw / "labelsUnlabelled")
     (raw / "images_unlabeled").mkdir()
-    dj = json.loads((raw / "dataset.json").read_text())
+    dj = json.loads((raw / "dataset.json").read_text(encoding="utf-8"))
     cases = collect_unlabeled_cases(str(raw), dj, [], SimpleITKIO)
     assert len(cases) == 3
     assert capsys.readouterr().err.splitlines() == [

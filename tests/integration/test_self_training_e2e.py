@@ -30,7 +30,7 @@ def _delete_hidden_labels(root):
     preprocessed segmentations and properties (class_locations), their ground truth and raw labels, and the
     imagesUnlabeled reference masks (raw and preprocessed). Returns (hidden cases, deleted paths)."""
     pre, raw = root / "preprocessed" / DATASET_NAME, root / "raw" / DATASET_NAME
-    hidden = json.loads((pre / "splits_final.json").read_text())[0]["unlabeled"]
+    hidden = json.loads((pre / "splits_final.json").read_text(encoding="utf-8"))[0]["unlabeled"]
     files = [f for c in hidden for f in [*pre.glob(f"nnUNetPlans_*/{c}_seg.b2nd"), *pre.glob(f"nnUNetPlans_*/{c}.pkl"),
                                          pre / "gt_segmentations" / f"{c}.nii.gz", raw / "labelsTr" / f"{c}.nii.gz"]]
     files += [*pre.glob("nnUNetPlans_*_unlabeled/*_seg.b2nd"), *pre.glob("nnUNetPlans_*_unlabeled/*.pkl"),
@@ -54,7 +54,7 @@ def recipe(synthetic_nnunet, tmp_path_factory):
 
 def test_stages_and_where_the_models_are(recipe):
     model = recipe["model"]
-    summary = json.loads((model / "fold_0" / "self_training.json").read_text())
+    summary = json.loads((model / "fold_0" / "self_training.json").read_text(encoding="utf-8"))
     assert [s["stage"] for s in summary["stages"]] == ["labelled-only", "pseudo", "pseudo", "finetune"]
     assert [s["iterations"] for s in summary["stages"]] == [2, 1, 1, 1] and summary["total_iterations"] == 5
     assert summary["complete"] and summary["recipe"]["rounds"] == 2 and summary["recipe"]["labeled_checkpoint_sha256"]
@@ -69,7 +69,7 @@ def test_stages_and_where_the_models_are(recipe):
     assert np.isnan(final["logging"]["pseudo_weight"]).all()
     round_2 = load_checkpoint_file(model / "self_training_round_2" / "fold_0" / "checkpoint_final.pth")
     assert len(round_2["logging"]["pseudo_weight"]) == 1 and 0 < round_2["logging"]["pseudo_weight"][0] <= 1
-    log = next((model / "self_training_round_2" / "fold_0").glob("training_log_*.txt")).read_text()
+    log = next((model / "self_training_round_2" / "fold_0").glob("training_log_*.txt")).read_text(encoding="utf-8")
     assert str(recipe["pre"] / PSEUDO) in log and "Unlabelled stream: 5 cases, batch size 1" in log
 
 
@@ -184,7 +184,7 @@ def test_fold_without_unlabelled_cases(recipe, monkeypatch, capsys):
     pre.mkdir()
     for f in ("dataset.json", "nnUNetPlans.json"):
         shutil.copy(recipe["pre"] / f, pre / f)
-    split = json.loads((recipe["pre"] / "splits_final.json").read_text())[0]
+    split = json.loads((recipe["pre"] / "splits_final.json").read_text(encoding="utf-8"))[0]
     (pre / "splits_final.json").write_text(json.dumps([{"train": split["train"], "val": split["val"]}]))
     before = sorted(os.listdir(pre))
     assert _main(recipe, monkeypatch, ["-d", "991", *ARGS[2:], "-tr", TRAINER]) == 2
@@ -230,7 +230,7 @@ def test_cut_off_stage_continues_with_c(recipe, monkeypatch, capsys, tmp_path):
         _run(recipe, monkeypatch, [*ARGS_2D, "--train_labeled"], NNUNET_SSL_TEST_CRASH_AFTER_EPOCH="0")
     monkeypatch.delenv("NNUNET_SSL_TEST_CRASH_AFTER_EPOCH")
     assert (fold / "checkpoint_latest.pth").is_file() and not (fold / "checkpoint_final.pth").exists()
-    assert json.loads((fold / "self_training.json").read_text())["complete"] is False
+    assert json.loads((fold / "self_training.json").read_text(encoding="utf-8"))["complete"] is False
     made = {str(p): p.stat().st_mtime_ns for p in [labelled, *pseudo.rglob("*")]}
     assert len(made) > 5
 
@@ -260,7 +260,7 @@ def test_cut_off_stage_continues_with_c(recipe, monkeypatch, capsys, tmp_path):
     assert [(s["stage"], s["iterations"]) for s in summary["stages"]] == [("labelled-only", 2), ("pseudo", 2),
                                                                          ("finetune", 1)]
     assert summary["stages"][1]["mean_weight"] == pytest.approx(1.0)  # --threshold 0, hard weights
-    assert json.loads((fold / "self_training.json").read_text()) == json.loads(json.dumps(summary))
+    assert json.loads((fold / "self_training.json").read_text(encoding="utf-8")) == json.loads(json.dumps(summary))
     assert not (model / "self_training_round_1" / "fold_0" / "self_training.json").exists()
 
     before = {k: v for k, v in _snapshot(model).items() if not k.endswith("self_training.json")}

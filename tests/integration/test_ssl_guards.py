@@ -48,14 +48,14 @@ def make_trainer(folder, fold, edit_plans=None):
 
 def edit_manifest(folder, edit):
     path = folder / (UNLABELED + ".json")
-    manifest = json.loads(path.read_text())
+    manifest = json.loads(path.read_text(encoding="utf-8"))
     edit(manifest)
     path.write_text(json.dumps(manifest))
 
 
 def test_unchanged_set_up_gives_split_and_imagesUnlabeled_cases(preprocessed):
     sources = make_trainer(preprocessed, 0).get_unlabeled_sources()
-    split = json.loads((preprocessed / "splits_final.json").read_text())[0]
+    split = json.loads((preprocessed / "splits_final.json").read_text(encoding="utf-8"))[0]
     assert sorted(sources.values()) == sorted([split["unlabeled"], ["unl_0000", "unl_0001", "unl_0002"]])
 
 

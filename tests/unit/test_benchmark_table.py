@@ -67,9 +67,9 @@ def test_readme_markers_are_replaced_and_missing_markers_refused(records, tmp_pa
     name = records.name
     readme.write_text(f"intro\n<!-- benchmark-table:{name}:start -->\nOLD TABLE\n<!-- benchmark-table:{name}:end -->\nend\n")
     assert table_script.main([str(records), "--readme", str(readme)]) == 0
-    text = readme.read_text()
+    text = readme.read_text(encoding="utf-8")
     assert "OLD TABLE" not in text and text.startswith("intro\n") and text.endswith("end\n")
     assert "| nnUNetTrainerMeanTeacher | 8 |" in text
     readme.write_text("no markers\n")
     assert table_script.main([str(records), "--readme", str(readme)]) == 2
-    assert readme.read_text() == "no markers\n"
+    assert readme.read_text(encoding="utf-8") == "no markers\n"

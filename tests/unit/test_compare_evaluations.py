@@ -33,7 +33,7 @@ def test_table_values_and_paired_statistics(tmp_path, capsys):
     c = write(tmp_path, "mixed", metrics([0.4, 0.7, 0.6, 0.85, 0.95], 0.70, 9.0))
     out = tmp_path / "table.md"
     assert compare.main([a, b, c, "--output_file", str(out)]) == 0
-    table = out.read_text()
+    table = out.read_text(encoding="utf-8")
     assert table == capsys.readouterr().out.rstrip("\n") + "\n"
     assert "| 1 (organ) | 70.00 | 10.00 | 77.00 | 6.50 | 70.00 | 9.00 |" in table
     assert "- ssl vs base: mean Dice +7.00 points; higher on 5 of 5 cases; paired Wilcoxon signed-rank p = 0.0625." \

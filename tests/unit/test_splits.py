@@ -47,11 +47,11 @@ def test_refuses_to_overwrite_and_keeps_backup(tmp_path):
     new = make_label_budget_splits(IDS, 2, 2)
     with pytest.raises(SplitError, match="--overwrite"):
         write_splits(new, str(tmp_path))
-    assert json.loads(target.read_text()) == old            # untouched
+    assert json.loads(target.read_text(encoding="utf-8")) == old            # untouched
     write_splits(new, str(tmp_path), force=True, backup=True)
-    assert json.loads(target.read_text()) == new
+    assert json.loads(target.read_text(encoding="utf-8")) == new
     backups = list(tmp_path.glob("splits_final.json.*.bak"))
-    assert len(backups) == 1 and json.loads(backups[0].read_text()) == old
+    assert len(backups) == 1 and json.loads(backups[0].read_text(encoding="utf-8")) == old
 
 
 # ------------------------------------------------------------------------------ the label-leak guard
@@ -115,18 +115,18 @@ def preprocessed(tmp_path, monkeypatch):
 
 def test_num_val(preprocessed, capsys):
     main(["-d", "Dataset990_X", "--labeled", "2", "--num_val", "3", "--folds", "1"])
-    assert len(json.loads((preprocessed / "splits_final.json").read_text())[0]["val"]) == 3
+    assert len(json.loads((preprocessed / "splits_final.json").read_text(encoding="utf-8"))[0]["val"]) == 3
     assert "warning" not in capsys.readouterr().err
 
 
 def test_deprecated_spellings_still_work_and_warn_once(preprocessed, capsys):
     main(["-d", "Dataset990_X", "--labeled", "2", "--val", "4", "--folds", "1"])
-    assert len(json.loads((preprocessed / "splits_final.json").read_text())[0]["val"]) == 4
+    assert len(json.loads((preprocessed / "splits_final.json").read_text(encoding="utf-8"))[0]["val"]) == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["nnUNetv2_ssl_split: warning: --val is deprecated, use --num_val (a number of validation cases, "
                    "unlike nnUNetv2_train's --val)"]
     main(["-d", "Dataset990_X", "--labeled", "2", "--num-val", "3", "--folds", "1", "--force"])
-    assert len(json.loads((preprocessed / "splits_final.json").read_text())[0]["val"]) == 3
+    assert len(json.loads((preprocessed / "splits_final.json").read_text(encoding="utf-8"))[0]["val"]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["nnUNetv2_ssl_split: warning: --num-val is deprecated, use --num_val",
                    "nnUNetv2_ssl_split: warning: --force is deprecated, use --overwrite"]
