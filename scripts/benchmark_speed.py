@@ -80,6 +80,18 @@ def select_device(name: Optional[str], num_threads: Optional[int] = None):
     raise SystemExit(f"-device must be 'cuda' or 'cpu', got {name!r}")
 
 
+def cpu_model():
+    """The CPU's model name (Linux ``/proc/cpuinfo``), or None: CPU timings compare only on the same model."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine_info(device) -> dict:
     import torch
     from importlib.metadata import PackageNotFoundError, version
@@ -96,7 +108,9 @@ def machine_info(device) -> dict:
             "cuda": torch.version.cuda, "nnunetv2": package_version("nnunetv2"),
             "nnunet_ssl": package_version("nnunet_ssl"), "cpu_count": os.cpu_count(),
             "cpu_cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "cpu_name": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+            "cpu_name": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+            # the vector instructions torch's CPU kernels use: the same model name can come with different ones
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
             "device": str(device),
             "nnUNet_n_proc_DA": get_allowed_n_proc_DA(), "nnUNet_compile": os.environ.get("nnUNet_compile")}
     if device.type == "cuda":

@@ -78,6 +78,8 @@ def test_benchmark_speed(synthetic_nnunet, tmp_path):
     machine = report["machine"]
     assert machine["device"] == "cpu" and machine["torch"] == torch.__version__ and machine["cpu_count"] >= 1
     assert machine["torch_threads"] == 1 and machine["date"]
+    assert machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert "cpu_model" in machine  # None where /proc/cpuinfo has no model name
     table = (tmp_path / "speed" / "speed.md").read_text(encoding="utf-8")
     ratio = f"{mt['without_data_loading']['ratio_to_nnUNetTrainer']:.2f}×"
     assert any(line.startswith("| nnUNetTrainerMeanTeacher | ") and ratio in line for line in table.splitlines())
