@@ -113,7 +113,8 @@ def main(argv=None) -> int:
     p.add_argument("--trainers", nargs="+",
                    default=["nnUNetTrainerMeanTeacher", "nnUNetTrainerCRLN", "nnUNetTrainerCRLN_paperCPSWeight",
                             "nnUNetTrainerCDR", "nnUNetTrainerBoCLIS", "nnUNetTrainerUGPL",
-                            "nnUNetTrainerSelfTraining"], help="rows after labelled-only and full supervision")
+                            "nnUNetTrainerUGPL_sigmoidRamp", "nnUNetTrainerSelfTraining"],
+                   help="rows after labelled-only and full supervision")
     p.add_argument("--output_file", default=None, help="write the Markdown table here (default: print it)")
     args = p.parse_args(argv)
     if not os.path.isdir(args.folder):

@@ -364,22 +364,23 @@ def test_every_variant_gives_finite_terms_and_gradients(variant):
         assert diag["kl_weight_mean"].item() == 1.0
 
 
-def test_unsupervised_terms_ramp_up_and_prototypes_reach_full_weight_early():
-    """At step 0, L_u, KL and cosine enter with the sigmoid ramp's e^{-5}; after 10 % of training with full weight;
-    the prototype weight is full after 40 % (the paper's schedule, `_noRamp`, has no ramp for the first three)."""
+def test_paper_schedule_by_default_and_the_sigmoid_ramp_variant():
+    """Default (the paper's schedule): L_u, KL and cosine at full weight from step 0, the prototype weight ramped
+    over all of training. `_sigmoidRamp` (the default before 0.2): the first three enter with the sigmoid ramp's
+    e^{-5} at step 0 and at full weight after 10 % of training; the prototype weight is full after 40 %."""
     pair, z_a, z_b, f_a, f_b, seg = forward_pair()
     total = 100
-    late, _ = make_trainer(ssl_step=10, num_epochs=10).ugpl_terms(z_a, z_b, f_a, f_b, seg)
-    early, diag = make_trainer(ssl_step=0, num_epochs=10).ugpl_terms(z_a, z_b, f_a, f_b, seg)
+    ramped = ugpl.nnUNetTrainerUGPL_sigmoidRamp
+    late, _ = make_trainer(ramped, ssl_step=10, num_epochs=10).ugpl_terms(z_a, z_b, f_a, f_b, seg)
+    early, diag = make_trainer(ramped, ssl_step=0, num_epochs=10).ugpl_terms(z_a, z_b, f_a, f_b, seg)
     for term in ("unsup", "kl", "cos"):
         assert late[term].item() > 0
         assert early[term].item() == pytest.approx(math.exp(-5) * late[term].item(), rel=1e-4), term
-    paper, _ = make_trainer(ugpl.nnUNetTrainerUGPL_noRamp, ssl_step=0, num_epochs=10).ugpl_terms(
-        z_a, z_b, f_a, f_b, seg)
-    for term in ("unsup", "kl", "cos"):
-        assert paper[term].item() == pytest.approx(late[term].item(), rel=1e-5), term
-    _, diag = make_trainer(ssl_step=int(0.4 * total), num_epochs=10).ugpl_terms(z_a, z_b, f_a, f_b, seg)
+    for paper_trainer in (ugpl.nnUNetTrainerUGPL, ugpl.nnUNetTrainerUGPL_noRamp):
+        paper, _ = make_trainer(paper_trainer, ssl_step=0, num_epochs=10).ugpl_terms(z_a, z_b, f_a, f_b, seg)
+        for term in ("unsup", "kl", "cos"):
+            assert paper[term].item() == pytest.approx(late[term].item(), rel=1e-5), term
+    _, diag = make_trainer(ramped, ssl_step=int(0.4 * total), num_epochs=10).ugpl_terms(z_a, z_b, f_a, f_b, seg)
     assert diag["proto_weight"].item() == pytest.approx(0.1)
-    _, diag = make_trainer(ugpl.nnUNetTrainerUGPL_noRamp, ssl_step=int(0.4 * total), num_epochs=10).ugpl_terms(
-        z_a, z_b, f_a, f_b, seg)
+    _, diag = make_trainer(ssl_step=int(0.4 * total), num_epochs=10).ugpl_terms(z_a, z_b, f_a, f_b, seg)
     assert diag["proto_weight"].item() == pytest.approx(0.1 * math.exp(-5 * 0.6 ** 2))

@@ -28,10 +28,10 @@ class nnUNetTrainerUGPL(nnUNetTrainerDualSSL):
     entropy_keep_percent = 80.0      # τ percentile: each network marks this share confident (spec §7.1; code: 20)
     unsup_rescale = True             # N / N_kept
     unsup_weight = 1.0               # w_u on L_u^A + L_u^B
-    # sigmoid ramp of the unsupervised terms (L_u, KL and cosine) over this fraction of training: at step 0 they
-    # would otherwise train both networks at full weight on each other's random predictions (paper and code: 0,
-    # the `_noRamp` variant)
-    unsup_rampup = 0.1
+    # sigmoid ramp of the unsupervised terms (L_u, KL and cosine) over this fraction of training. Paper and code: 0
+    # (full weight from step 0); `_sigmoidRamp` ramps over the first 10 %, so that at step 0 the networks do not
+    # train at full weight on each other's random predictions (docs/methods.md, UGPL's ramp)
+    unsup_rampup = 0.0
     # KL-rectified cross pseudo supervision
     use_kl = True
     kl_direction = "symmetric"       # 'symmetric' | 'a_to_b' (code: teacher A, student B) | 'b_to_a'
@@ -42,7 +42,7 @@ class nnUNetTrainerUGPL(nnUNetTrainerDualSSL):
     cos_weight = 1.0
     # prototype alignment
     proto_weight_max = 0.1
-    proto_ramp_fraction = 0.4        # paper: over all of training, when the learning rate is already near zero
+    proto_ramp_fraction = 1.0        # paper and code: sigmoid ramp over all of training (`_sigmoidRamp`: 40 %)
     proto_on = "loser"               # 'loser' | 'both'
     proto_sample_fraction = 0.01     # ρ
     proto_margin = 1.0

@@ -44,10 +44,15 @@ class nnUNetTrainerUGPL_protoCodeSign(nnUNetTrainerUGPL):
     proto_push_candidates = False
 
 
+class nnUNetTrainerUGPL_sigmoidRamp(nnUNetTrainerUGPL):
+    """The default before 0.2: L_u, KL and cosine ramped (sigmoid) over the first 10 % of training, the prototype
+    weight over the first 40 % (the paper: no ramp, prototype weight over all of training)."""
+    unsup_rampup = 0.1
+    proto_ramp_fraction = 0.4
+
+
 class nnUNetTrainerUGPL_noRamp(nnUNetTrainerUGPL):
-    """Paper and code: unsupervised terms at full weight from step 0, prototype weight ramped over all training."""
-    unsup_rampup = 0.0
-    proto_ramp_fraction = 1.0
+    """The paper's schedule, which is the default since 0.2 (kept so that commands naming it keep working)."""
 
 
 class nnUNetTrainerUGPL_tiny(UnmirroredValidation, nnUNetTrainerUGPL):
