@@ -111,7 +111,8 @@ def make_env(root: Path, training: bool) -> dict:
 def synthetic_nnunet(tmp_path_factory):
     """Dataset990: 6 labelled 32^3 cases (split: 2 labelled, 2 hidden-label, 2 validation), 3 imagesUnlabeled
     cases with hidden reference masks, 2 test cases; planned for 2d and 3d_fullres (then a quarter of the
-    planned features, ``shrink_network``); unlabelled cases preprocessed; label-budget split written. Returns {'root', 'env' (for training/prediction), 'plan_env'}."""
+    planned features, ``shrink_network``); unlabelled cases preprocessed; label-budget split written.
+    Returns {'root', 'env' (for training/prediction), 'plan_env'}."""
     root = tmp_path_factory.mktemp("nnunet")
     for d in ("raw", "preprocessed", "results"):
         (root / d).mkdir()
