@@ -92,7 +92,7 @@ def markdown(rows: Sequence[dict], folds: Sequence[int]) -> str:
             "nnUNetTrainer (labelled only)" if r["trainer"] == BASELINE else r["trainer"])
         cells = [fmt(r["per_fold"][f], ".2f") for f in folds]
         if "dice" not in r:
-            cells += ["running"] + ["–"] * 5
+            cells += ["pending"] + ["–"] * 5  # not every fold has its record yet
         else:
             cells += [f"{r['dice']:.2f}", f"{r['hd95']:.2f}", fmt(r.get("delta"), "+.2f"),
                       fmt(None if "gap_closed" not in r else 100 * r["gap_closed"], ".0f") +

@@ -41,7 +41,7 @@ def test_pooled_rows_hand_values(tmp_path):
     assert (m["better"], m["n"]) == (4, 4) and m["p"] == pytest.approx(0.125)
     assert "dice" not in rows["Half"] and rows["Half"]["per_fold"][2] is None
     table = ct.markdown(list(rows.values()), [1, 2])
-    assert "| M | 77.50 | 74.50 | 76.00 |" in table and "running" in table
+    assert "| M | 77.50 | 74.50 | 76.00 |" in table and "| pending |" in table
 
 
 def test_overlapping_blocks_and_wrong_fold_are_refused(tmp_path):
