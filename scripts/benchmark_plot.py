@@ -8,7 +8,8 @@ Reads ``budget_<tag>/*.json`` (fold of the records' split, usually 0) and ``fold
 other held-out folds), so one row shows the spread over seeds and folds: a point per run (marker and colour by
 fold), a bar for the mean over all runs, a line from the lowest to the highest run. A row is
 ``TRAINER[@BUDGET][=LABEL]``: the trainer's runs at ``--budget`` (or at BUDGET, e.g. ``@all`` for full supervision),
-labelled LABEL (default: the trainer name). Rows without records are left out and named on stderr.
+labelled LABEL (default: the trainer name). Rows without records are left out and named on stderr. ``-f 0`` keeps
+only the development fold's runs (a figure titled for one fold must not average in the others).
 """
 import argparse
 import glob
@@ -109,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget", default="4", metavar="B",
                    help="label budget of the rows without @BUDGET (as confirmation_table.py; default 4)")
     p.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS), help="TRAINER[@BUDGET][=LABEL] ...")
+    p.add_argument("-f", type=int, nargs="+", default=None, dest="folds", metavar="F",
+                   help="only the runs of these held-out folds, as nnUNetv2_predict's -f (default: every fold)")
     p.add_argument("--title", default=None)
     args = p.parse_args(argv)
     if not os.path.isdir(args.folder):
@@ -120,7 +123,8 @@ def main(argv=None) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.output_file))
     if not os.path.isdir(out_dir):
         p.error(f"--output_file {args.output_file}: folder {out_dir} does not exist")
-    data = dice_rows(load_runs(args.folder), rows)
+    runs = [r for r in load_runs(args.folder) if args.folds is None or r["fold"] in args.folds]
+    data = dice_rows(runs, rows)
     missing = [r["label"] for r in rows if r["label"] not in {d["label"] for d in data}]
     if missing:
         print(f"benchmark_plot.py: no records for {', '.join(missing)} (left out)", file=sys.stderr)

@@ -56,6 +56,11 @@ def test_main_writes_png_and_refuses_bad_input(records, tmp_path, capsys):
     assert plot_script.main([str(records), "--output_file", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "no records for nnUNetTrainerSelfTraining" in capsys.readouterr().err
+    # -f: only the chosen folds' runs enter a row (CRLN: fold 0's 84 without fold 1's 86)
+    assert plot_script.main([str(records), "--output_file", str(out), "-f", "0", "--rows", "nnUNetTrainerCRLN"]) == 0
+    assert "nnUNetTrainerCRLN: 84.00 over 1 run(s), spread 0.00" in capsys.readouterr().out
+    assert plot_script.main([str(records), "--output_file", str(out), "-f", "1", "--rows", "nnUNetTrainerCRLN"]) == 0
+    assert "nnUNetTrainerCRLN: 86.00 over 1 run(s)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         plot_script.main([str(records), "--output_file", str(tmp_path / "missing" / "x.png")])
     assert "does not exist" in capsys.readouterr().err
