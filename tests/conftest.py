@@ -152,6 +152,19 @@ def private_copy(synthetic_nnunet, root: Path) -> Path:
     return root
 
 
+def train_until_crash(synthetic_nnunet, trainer: str, configuration: str = "3d_fullres"):
+    """Stock nnUNetv2_train of a ``_tinyResume`` test trainer, cut off by its simulated crash right after epoch 0's
+    checkpoint_latest (3 iterations). Returns (fold folder, that checkpoint) for the test's ``--c`` half."""
+    fold = synthetic_nnunet["root"] / "results" / DATASET_NAME / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
+    crash_env = dict(synthetic_nnunet["env"], NNUNET_SSL_TEST_CRASH_AFTER_EPOCH="0")
+    proc = run_cli(["nnUNetv2_train", DATASET_ID, configuration, "0", "-tr", trainer, "-device", "cpu"], crash_env,
+                   expect_ok=False)
+    assert proc.returncode != 0 and "simulated crash" in proc.stderr, proc.stderr[-3000:]
+    latest = load_checkpoint_file(fold / "checkpoint_latest.pth")
+    assert latest["current_epoch"] == 1 and latest["ssl_step"] == 3
+    return fold, latest
+
+
 def train_predict(synthetic_nnunet, trainer: str, configuration: str = "3d_fullres", extra_train_args=(),
                   env_overrides=None):
     """Train a tiny trainer with stock nnUNetv2_train, then predict the test images with stock nnUNetv2_predict.

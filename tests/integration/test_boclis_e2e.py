@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import (DATASET_ID, DATASET_NAME, assert_nested_equal, assert_valid_predictions, load_checkpoint_file,
-                      run_cli)
+                      run_cli, train_until_crash)
 
 TRAINER = "nnUNetTrainerBoCLIS_tinyResume"
 TEACHERS = ("teacher", "teacher_2", "teacher_3")
@@ -16,14 +16,10 @@ TEACHERS = ("teacher", "teacher_2", "teacher_3")
 @pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
 def test_boclis_train_resume_predict(synthetic_nnunet, configuration):
     env, root = dict(synthetic_nnunet["env"]), synthetic_nnunet["root"]
-    fold = root / "results" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__{configuration}" / "fold_0"
     train = ["nnUNetv2_train", DATASET_ID, configuration, "0", "-tr", TRAINER, "-device", "cpu"]
 
     # epoch 0, then a simulated crash right after checkpoint_latest is written
-    proc = run_cli(train, dict(env, NNUNET_SSL_TEST_CRASH_AFTER_EPOCH="0"), expect_ok=False)
-    assert proc.returncode != 0 and "simulated crash" in proc.stderr, proc.stderr[-3000:]
-    latest = load_checkpoint_file(fold / "checkpoint_latest.pth")
-    assert latest["current_epoch"] == 1 and latest["ssl_step"] == 3
+    fold, latest = train_until_crash(synthetic_nnunet, TRAINER, configuration)
     assert tuple(latest["teacher_weights"]) == TEACHERS
     decays = [latest["teacher_weights"][k]["_extra_state"]["decay"] for k in TEACHERS]
     assert decays == [0.999, 0.99, 0.9]

@@ -1,21 +1,15 @@
 """CDR end to end through the stock CLI: train (interrupted after epoch 0), `--c`, then predict with the ensemble."""
 import torch
 
-from conftest import (DATASET_ID, DATASET_NAME, assert_nested_equal, assert_valid_predictions, load_checkpoint_file,
-                      run_cli, train_predict)
+from conftest import (assert_nested_equal, assert_valid_predictions, load_checkpoint_file, train_predict,
+                      train_until_crash)
 
 TRAINER = "nnUNetTrainerCDR_tinyResume"  # tests/trainers: _tiny + crash/record hooks
 
 
 def test_cdr_train_resume_predict(synthetic_nnunet):
-    env, root = synthetic_nnunet["env"], synthetic_nnunet["root"]
-    fold = root / "results" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
-    crash_env = dict(env, NNUNET_SSL_TEST_CRASH_AFTER_EPOCH="0")
-    proc = run_cli(["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], crash_env,
-                   expect_ok=False)
-    assert proc.returncode != 0 and "simulated crash" in proc.stderr, proc.stderr[-3000:]
-    latest = load_checkpoint_file(fold / "checkpoint_latest.pth")
-    assert latest["current_epoch"] == 1 and latest["ssl_step"] == 3
+    env = synthetic_nnunet["env"]
+    fold, latest = train_until_crash(synthetic_nnunet, TRAINER)
     assert sum(latest["cdr_leader_counts"].values()) == 3
     # both networks, both heads, network B's optimizer (with head B) are in the checkpoint
     assert any(k.startswith("net_a.") for k in latest["student_weights"])

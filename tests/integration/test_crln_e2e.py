@@ -3,19 +3,15 @@ import numpy as np
 import torch
 
 from conftest import (DATASET_ID, DATASET_NAME, assert_nested_equal, assert_valid_predictions, load_checkpoint_file,
-                      run_cli)
+                      run_cli, train_until_crash)
 
 TRAINER = "nnUNetTrainerCRLN_tinyResume"  # tests/trainers: _tiny + crash/record hooks, checkpoint every epoch
 
 
 def test_crln_train_resume_predict(synthetic_nnunet):
     env, root = dict(synthetic_nnunet["env"]), synthetic_nnunet["root"]
-    fold = root / "results" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__3d_fullres" / "fold_0"
     train = ["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"]
-    proc = run_cli(train, dict(env, NNUNET_SSL_TEST_CRASH_AFTER_EPOCH="0"), expect_ok=False)
-    assert proc.returncode != 0 and "simulated crash" in proc.stderr, proc.stderr[-3000:]
-    latest = load_checkpoint_file(fold / "checkpoint_latest.pth")
-    assert latest["current_epoch"] == 1 and latest["ssl_step"] == 3
+    fold, latest = train_until_crash(synthetic_nnunet, TRAINER)
     assert "rectifier" in latest["extra_optimizers"] and "cps_head.net.0.weight" in latest["extra_modules"]
 
     record = fold / "resumed_state.pt"

@@ -2,8 +2,8 @@
 
 import torch
 
-from conftest import (DATASET_ID, DATASET_NAME, assert_nested_equal, assert_valid_predictions, load_checkpoint_file,
-                      run_cli, train_predict)
+from conftest import (DATASET_ID, assert_nested_equal, assert_valid_predictions, load_checkpoint_file,
+                      run_cli, train_predict, train_until_crash)
 
 TRAINER = "nnUNetTrainerMeanTeacher_tiny"
 
@@ -34,15 +34,8 @@ def _check_run(fold, pred, synthetic_nnunet):
 def test_3d_interrupted_resumed_and_predicted(synthetic_nnunet):
     """Interrupted after epoch 0 of 2 (checkpoint_latest written), `nnUNetv2_train --c` restores teacher, student,
     step counter and optimizer exactly, finishes, and the final checkpoint predicts with nnUNetv2_predict."""
-    env, root = synthetic_nnunet["env"], synthetic_nnunet["root"]
     trainer = "nnUNetTrainerMeanTeacher_tinyResume"
-    fold = root / "results" / DATASET_NAME / f"{trainer}__nnUNetPlans__3d_fullres" / "fold_0"
-    crash_env = dict(env, NNUNET_SSL_TEST_CRASH_AFTER_EPOCH="0")
-    proc = run_cli(["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", trainer, "-device", "cpu"], crash_env,
-                   expect_ok=False)
-    assert proc.returncode != 0 and "simulated crash" in proc.stderr
-    latest = load_checkpoint_file(fold / "checkpoint_latest.pth")
-    assert latest["current_epoch"] == 1 and latest["ssl_step"] == 3
+    fold, latest = train_until_crash(synthetic_nnunet, trainer)
     record = fold / "resumed_state.pt"
     fold_, pred = train_predict(synthetic_nnunet, trainer, "3d_fullres",
                                 extra_train_args=["--c"], env_overrides={"NNUNET_SSL_TEST_RECORD_RESUME": record})

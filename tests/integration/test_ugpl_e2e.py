@@ -3,25 +3,19 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import (DATASET_ID, DATASET_NAME, assert_nested_equal, assert_valid_predictions, load_checkpoint_file,
-                      run_cli, train_predict)
+from conftest import (assert_nested_equal, assert_valid_predictions, load_checkpoint_file, train_predict,
+                      train_until_crash)
 from nnunet_ssl.trainers.ugpl import nnUNetTrainerUGPL, prototype_weight
 
 TRAINER = "nnUNetTrainerUGPL_tinyResume"  # tests/trainers: _tiny + crash/record hooks
 
 
 def test_train_resume_predict_averages_both_networks(synthetic_nnunet, monkeypatch):
-    env, root = synthetic_nnunet["env"], synthetic_nnunet["root"]
-    model = root / "results" / DATASET_NAME / f"{TRAINER}__nnUNetPlans__3d_fullres"
-    fold = model / "fold_0"
+    env = synthetic_nnunet["env"]
 
     # 1. stock nnUNetv2_train, stopped right after epoch 0's checkpoint_latest
-    crash_env = dict(env, NNUNET_SSL_TEST_CRASH_AFTER_EPOCH="0")
-    proc = run_cli(["nnUNetv2_train", DATASET_ID, "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu"], crash_env,
-                   expect_ok=False)
-    assert proc.returncode != 0 and "simulated crash" in proc.stderr, proc.stderr[-3000:]
-    latest = load_checkpoint_file(fold / "checkpoint_latest.pth")
-    assert latest["current_epoch"] == 1 and latest["ssl_step"] == 3
+    fold, latest = train_until_crash(synthetic_nnunet, TRAINER)
+    model = fold.parent
     assert set(latest["extra_optimizers"]) == {"net_b"}  # network B's own SGD
     assert {k.split(".")[0] for k in latest["network_weights"]} == {"net_a", "net_b"}
 
