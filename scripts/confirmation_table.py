@@ -9,6 +9,11 @@ default); its mean Dice is the mean over all held-out cases of those folds (each
 Δ is against the labelled-only ``nnUNetTrainer`` of the same folds, "gap closed" is Δ over (full supervision −
 labelled-only), and the paired Wilcoxon signed-rank test (scipy) compares per-case Dice with labelled-only over the
 pooled cases. 95HD is the mean of the folds' case means (voxels of the reference masks).
+
+Below the table, the two default decisions fixed before the confirmation runs (benchmarks/LA_3p5mm/README.md,
+"Confirmation") are applied to the records: each reads "pending" until its folds have the records it needs. Fold 0's
+records are read from ``DIR/budget_<budget>/`` (where ``benchmark_la.sh`` writes them), the others' from
+``DIR/fold_F/``.
 """
 import argparse
 import glob
@@ -19,14 +24,23 @@ from typing import Dict, List, Sequence
 
 BASELINE = "nnUNetTrainer"
 ALL_LABELED = "all"
+# (what is decided, trainer A and what A's win means, trainer B and what B's win means, folds): A wins only if its mean
+# Dice is higher than B's on every one of the folds, otherwise B wins.
+DECISION_RULES = (
+    ("CRLN's CPS weight", "nnUNetTrainerCRLN", "0.05 stays the default",
+     "nnUNetTrainerCRLN_paperCPSWeight", "the default becomes the paper's 0.5", (1, 2)),
+    ("UGPL's loss schedule", "nnUNetTrainerUGPL_sigmoidRamp", "the sigmoid ramps (`_sigmoidRamp`) become the default",
+     "nnUNetTrainerUGPL", "the paper's schedule stays the default", (0, 1, 2)),
+)
 
 
 def load_fold_records(folder: str, fold: int, budget: str, seed: int) -> Dict[str, dict]:
     """{trainer: record} of one fold's finished runs at ``budget`` (the fully supervised run under the key
     'nnUNetTrainer@all')."""
     out = {}
+    fold_folder = os.path.join(folder, f"fold_{fold}") if fold else folder  # fold 0: the development fold's records
     for tag in (budget, ALL_LABELED):
-        for path in sorted(glob.glob(os.path.join(folder, f"fold_{fold}", f"budget_{tag}", "*.json"))):
+        for path in sorted(glob.glob(os.path.join(fold_folder, f"budget_{tag}", "*.json"))):
             with open(path, encoding="utf-8") as f:
                 record = json.load(f)
             if record.get("status", "ok") != "ok" or record.get("seed", 0) != seed:
@@ -102,6 +116,30 @@ def markdown(rows: Sequence[dict], folds: Sequence[int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def decision(by_fold: Dict[int, Dict[str, dict]], rule) -> str:
+    """One Markdown line: the rule, each fold's mean Dice of A and B, and the outcome (or "pending"). B's win is
+    final as soon as one fold has A not higher, whatever the other folds show."""
+    what, a, a_wins, b, b_wins, folds = rule
+    dice = lambda f, t: 100 * by_fold[f][t]["metrics"]["dice"]["mean"] if t in by_fold.get(f, {}) else None
+    parts, lost_on = [], []
+    for f in folds:
+        da, db = dice(f, a), dice(f, b)
+        if da is None or db is None:
+            parts.append(f"fold {f} pending")
+            continue
+        parts.append(f"fold {f} {da:.2f} vs {db:.2f}")
+        if not da > db:
+            lost_on.append(f)
+    if lost_on:
+        outcome = f"{b_wins} (decided by fold {', '.join(map(str, lost_on))})"
+    elif any(p.endswith("pending") for p in parts):
+        outcome = "pending"
+    else:
+        outcome = a_wins
+    return (f"- {what}: `{a}` must score higher than `{b}` on each of folds {', '.join(map(str, folds))}: "
+            f"{'; '.join(parts)} → **{outcome}**")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description="Confirmation table of the default trainers on LA folds 1 and 2 (pooled "
                                             "over their held-out cases) from benchmark records.")
@@ -119,8 +157,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not os.path.isdir(args.folder):
         p.error(f"{args.folder} is not a folder")
-    by_fold = {f: load_fold_records(args.folder, f, args.budget, args.seed) for f in args.folds}
-    table = markdown(confirmation_rows(by_fold, args.trainers), args.folds)
+    needed = sorted(set(args.folds).union(*(rule[-1] for rule in DECISION_RULES)))
+    by_fold = {f: load_fold_records(args.folder, f, args.budget, args.seed) for f in needed}
+    table = markdown(confirmation_rows({f: by_fold[f] for f in args.folds}, args.trainers), args.folds)
+    table += ("\nDefault decisions fixed before the confirmation runs (mean Dice %, seed 0):\n\n" +
+              "\n".join(decision(by_fold, rule) for rule in DECISION_RULES) + "\n")
     if args.output_file:
         with open(args.output_file, "w", encoding="utf-8") as f:
             f.write(table)

@@ -58,3 +58,42 @@ def test_overlapping_blocks_and_wrong_fold_are_refused(tmp_path):
     json.dump(record, open(path, "w"))
     with pytest.raises(ValueError, match="fold 1, not 3"):
         ct.load_fold_records(d, 3, "4", 0)
+
+
+def _fold0_record(folder, trainer, per_case):
+    """Fold 0's records sit in DIR/budget_4/, as benchmark_la.sh writes them."""
+    path = os.path.join(folder, "budget_4")
+    os.makedirs(path, exist_ok=True)
+    record = {"trainer": trainer, "seed": 0, "status": "ok", "settings": {"fold": 0},
+              "metrics": {"dice": {"mean": sum(per_case.values()) / len(per_case)}, "per_case_dice": per_case}}
+    with open(os.path.join(path, f"{trainer}__seed0.json"), "w") as f:
+        json.dump(record, f)
+
+
+def test_default_decisions_follow_the_fixed_rules(tmp_path):
+    d = str(tmp_path)
+    cps, ugpl = ct.DECISION_RULES
+    load = lambda: {f: ct.load_fold_records(d, f, "4", 0) for f in (0, 1, 2)}
+    # CPS weight: 0.05 higher on fold 1, fold 2 not run yet -> pending
+    _record(d, 1, "nnUNetTrainerCRLN", {"a": 0.85})
+    _record(d, 1, "nnUNetTrainerCRLN_paperCPSWeight", {"a": 0.84})
+    _record(d, 2, "nnUNetTrainerCRLN", {"c": 0.80})
+    line = ct.decision(load(), cps)
+    assert "fold 1 85.00 vs 84.00; fold 2 pending" in line and line.endswith("**pending**")
+    # a tie on fold 2 is not "higher": the paper's 0.5 becomes the default
+    _record(d, 2, "nnUNetTrainerCRLN_paperCPSWeight", {"c": 0.80})
+    assert ct.decision(load(), cps).endswith("**the default becomes the paper's 0.5 (decided by fold 2)**")
+    _record(d, 2, "nnUNetTrainerCRLN_paperCPSWeight", {"c": 0.79})
+    assert ct.decision(load(), cps).endswith("**0.05 stays the default**")
+    # UGPL: the ramp must win on fold 0 (read from DIR/budget_4) too; losing there decides it before folds 1 and 2
+    _fold0_record(d, "nnUNetTrainerUGPL_sigmoidRamp", {"x": 0.83})
+    assert ct.decision(load(), ugpl).endswith("**pending**")
+    _fold0_record(d, "nnUNetTrainerUGPL", {"x": 0.84})
+    line = ct.decision(load(), ugpl)
+    assert "fold 0 83.00 vs 84.00; fold 1 pending; fold 2 pending" in line
+    assert line.endswith("**the paper's schedule stays the default (decided by fold 0)**")
+    _fold0_record(d, "nnUNetTrainerUGPL", {"x": 0.82})
+    for f, case in ((1, "a"), (2, "c")):
+        _record(d, f, "nnUNetTrainerUGPL_sigmoidRamp", {case: 0.81})
+        _record(d, f, "nnUNetTrainerUGPL", {case: 0.80})
+    assert ct.decision(load(), ugpl).endswith("**the sigmoid ramps (`_sigmoidRamp`) become the default**")
