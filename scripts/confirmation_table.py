@@ -121,18 +121,19 @@ def decision(by_fold: Dict[int, Dict[str, dict]], rule) -> str:
     final as soon as one fold has A not higher, whatever the other folds show."""
     what, a, a_wins, b, b_wins, folds = rule
     dice = lambda f, t: 100 * by_fold[f][t]["metrics"]["dice"]["mean"] if t in by_fold.get(f, {}) else None
-    parts, lost_on = [], []
+    parts, lost_on, pending = [], [], False
     for f in folds:
         da, db = dice(f, a), dice(f, b)
         if da is None or db is None:
             parts.append(f"fold {f} pending")
+            pending = True
             continue
         parts.append(f"fold {f} {da:.2f} vs {db:.2f}")
         if not da > db:
             lost_on.append(f)
     if lost_on:
         outcome = f"{b_wins} (decided by fold {', '.join(map(str, lost_on))})"
-    elif any(p.endswith("pending") for p in parts):
+    elif pending:
         outcome = "pending"
     else:
         outcome = a_wins

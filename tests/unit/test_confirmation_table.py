@@ -10,7 +10,8 @@ ct = load_script("scripts/confirmation_table.py")
 
 
 def _record(folder, fold, trainer, per_case, budget="4", hd95=10.0, seed=0):
-    path = os.path.join(folder, f"fold_{fold}", f"budget_{budget}")
+    """Fold 0's records sit in DIR/budget_B/, the others' in DIR/fold_F/budget_B/, as benchmark_la.sh writes them."""
+    path = os.path.join(folder, *([f"fold_{fold}"] if fold else []), f"budget_{budget}")
     os.makedirs(path, exist_ok=True)
     record = {"trainer": trainer, "seed": seed, "status": "ok", "commit": "abc1234", "settings": {"fold": fold},
               "metrics": {"dice": {"mean": sum(per_case.values()) / len(per_case)}, "hd95_voxel": {"mean": hd95},
@@ -60,16 +61,6 @@ def test_overlapping_blocks_and_wrong_fold_are_refused(tmp_path):
         ct.load_fold_records(d, 3, "4", 0)
 
 
-def _fold0_record(folder, trainer, per_case):
-    """Fold 0's records sit in DIR/budget_4/, as benchmark_la.sh writes them."""
-    path = os.path.join(folder, "budget_4")
-    os.makedirs(path, exist_ok=True)
-    record = {"trainer": trainer, "seed": 0, "status": "ok", "settings": {"fold": 0},
-              "metrics": {"dice": {"mean": sum(per_case.values()) / len(per_case)}, "per_case_dice": per_case}}
-    with open(os.path.join(path, f"{trainer}__seed0.json"), "w") as f:
-        json.dump(record, f)
-
-
 def test_default_decisions_follow_the_fixed_rules(tmp_path):
     d = str(tmp_path)
     cps, ugpl = ct.DECISION_RULES
@@ -86,13 +77,13 @@ def test_default_decisions_follow_the_fixed_rules(tmp_path):
     _record(d, 2, "nnUNetTrainerCRLN_paperCPSWeight", {"c": 0.79})
     assert ct.decision(load(), cps).endswith("**0.05 stays the default**")
     # UGPL: the ramp must win on fold 0 (read from DIR/budget_4) too; losing there decides it before folds 1 and 2
-    _fold0_record(d, "nnUNetTrainerUGPL_sigmoidRamp", {"x": 0.83})
+    _record(d, 0, "nnUNetTrainerUGPL_sigmoidRamp", {"x": 0.83})
     assert ct.decision(load(), ugpl).endswith("**pending**")
-    _fold0_record(d, "nnUNetTrainerUGPL", {"x": 0.84})
+    _record(d, 0, "nnUNetTrainerUGPL", {"x": 0.84})
     line = ct.decision(load(), ugpl)
     assert "fold 0 83.00 vs 84.00; fold 1 pending; fold 2 pending" in line
     assert line.endswith("**the paper's schedule stays the default (decided by fold 0)**")
-    _fold0_record(d, "nnUNetTrainerUGPL", {"x": 0.82})
+    _record(d, 0, "nnUNetTrainerUGPL", {"x": 0.82})
     for f, case in ((1, "a"), (2, "c")):
         _record(d, f, "nnUNetTrainerUGPL_sigmoidRamp", {case: 0.81})
         _record(d, f, "nnUNetTrainerUGPL", {case: 0.80})
